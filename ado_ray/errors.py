@@ -1,0 +1,46 @@
+"""Every error ado-ray raises on purpose. The class docstring is the default message.
+
+User mistakes (bad input, bad config, a run that is already being driven) derive from
+`UsageError` and end the CLI with exit code 2; everything else is a bug or an outage.
+"""
+
+from __future__ import annotations
+
+
+class AdoError(Exception):
+    """ado-ray failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class UsageError(AdoError):
+    """The command line, a config file or an input file is not valid."""
+
+
+class RepoListError(UsageError):
+    """The repository list is not valid."""
+
+
+class ConfigError(UsageError):
+    """The configuration is not valid."""
+
+
+class RunLockedError(UsageError):
+    """Another driver is working on this run."""
+
+
+class UnknownRunError(UsageError):
+    """No run has this id."""
+
+
+class StoreError(AdoError):
+    """The state store failed."""
+
+
+class WorkspaceError(AdoError):
+    """A git operation in the workspace failed."""
+
+
+class AgentError(AdoError):
+    """The agent could not be started."""
