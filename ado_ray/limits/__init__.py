@@ -1,0 +1,53 @@
+"""Rate limits shared by every agent of a run: the `Limiter` protocol and its backends.
+
+`memory` keeps limits inside one process (the default, nothing to install); `redis` shares
+them between processes and machines. Both pass the same test suite.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ado_ray.errors import ConfigError
+from ado_ray.limits.base import (
+    AcquirePolicy,
+    Denied,
+    Grant,
+    Limiter,
+    LimiterUnavailable,
+    LimitSpec,
+    LimitTimeout,
+    Window,
+    parse_window,
+)
+
+BACKENDS = {
+    "memory": "ado_ray.limits.memory:MemoryLimiter",
+    "redis": "ado_ray.limits.redis:RedisLimiter",
+}
+
+__all__ = [
+    "BACKENDS",
+    "AcquirePolicy",
+    "Denied",
+    "Grant",
+    "LimitSpec",
+    "LimitTimeout",
+    "Limiter",
+    "LimiterUnavailable",
+    "Window",
+    "open_limiter",
+    "parse_window",
+]
+
+
+def open_limiter(backend: str, url: str | None = None) -> Limiter:
+    """The limiter named `backend` (a key of `BACKENDS`), connected to `url` if it needs one."""
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"unknown limiter backend {backend!r}; expected one of: {', '.join(sorted(BACKENDS))}"
+        )
+    module_name, _, class_name = BACKENDS[backend].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    limiter: Limiter = cls.from_url(url)
+    return limiter
