@@ -1,0 +1,40 @@
+# ado-ray — `make demo` runs a real batch on sample repositories; `make test` runs everything.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install servers lint test test-fast bench demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# PostgreSQL and Redis server binaries for the tests (found on PATH or installed with apt).
+servers:
+	@bash .ci/servers.sh
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint servers
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not integration and not e2e"
+
+bench: install
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/memory.py
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+clean:
+	rm -rf .ado .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,3 @@
+from ado_ray.cli import main
+
+main()

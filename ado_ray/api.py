@@ -1,0 +1,133 @@
+"""The Python API: what the CLI calls, and what a notebook uses directly.
+
+Every function validates all input before it writes anything: a bad repository list,
+config or prompt raises a `UsageError` and leaves the store untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from ado_ray import reports
+from ado_ray.agents import make_agent
+from ado_ray.config import Config, build_config, deep_merge
+from ado_ray.engine.driver import BatchResult, drive, new_run, state_url
+from ado_ray.engine.progress import Progress, make_progress
+from ado_ray.errors import UsageError
+from ado_ray.models import RepoSpec, TaskState
+from ado_ray.repos import format_repo_line, parse_repo_list
+from ado_ray.store import Store, open_store
+
+RUN_KEYS = ("agent", "git", "dry_run", "max_attempts")  # kept by a resumed run
+
+
+def load_config(config_file: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    return build_config(config_file, overrides)
+
+
+def read_prompt(config: Config) -> str | None:
+    agent = config.agent
+    if agent.prompt is not None and agent.prompt_file is not None:
+        raise UsageError("give --prompt or --prompt-file, not both")
+    if agent.prompt_file is None:
+        return agent.prompt
+    try:
+        return agent.prompt_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(
+            f"--prompt-file {agent.prompt_file}: cannot read it ({exc.strerror})"
+        ) from exc
+
+
+def plan(repo_list: Path, config: Config) -> tuple[list[RepoSpec], str | None]:
+    """Parse and check everything a run needs; raise UsageError on any problem."""
+    repos = parse_repo_list(repo_list)
+    prompt = read_prompt(config)
+    agent = make_agent(config.agent)
+    check = getattr(agent, "check_repos", None)
+    if check is not None:
+        check(repos, str(repo_list))
+    return repos, prompt
+
+
+def plan_text(repo_list: Path, config_file: Path | None, overrides: Mapping[str, Any]) -> str:
+    repos, _ = plan(repo_list, load_config(config_file, overrides))
+    return "".join(f"{format_repo_line(repo)}\n" for repo in repos)
+
+
+@contextmanager
+def opened_store(config: Config) -> Iterator[Store]:
+    store = open_store(state_url(config))
+    try:
+        store.migrate()
+        yield store
+    finally:
+        store.close()
+
+
+def start(
+    repo_list: Path,
+    config_file: Path | None,
+    overrides: Mapping[str, Any],
+    progress_stream: IO[str],
+    progress: Progress | None = None,
+) -> BatchResult:
+    config = load_config(config_file, overrides)
+    repos, prompt = plan(repo_list, config)
+    with opened_store(config) as store:
+        run = new_run(store, config, repos, str(repo_list), prompt)
+        return _drive(store, config, run.run_id, prompt, progress or make_progress(progress_stream))
+
+
+def resume(
+    run_id: str,
+    config_file: Path | None,
+    overrides: Mapping[str, Any],
+    retry_failed: bool,
+    progress_stream: IO[str],
+    progress: Progress | None = None,
+) -> BatchResult:
+    """Continue a run with its own agent and git settings (flags given now still win)."""
+    with opened_store(load_config(config_file, overrides)) as store:
+        run = store.get_run(run_id)
+        stored = {key: run.config[key] for key in RUN_KEYS if key in run.config}
+        stored.get("agent", {}).pop("env", None)  # masked when stored; comes from config now
+        config = load_config(config_file, deep_merge(stored, overrides))
+        prompt = run.config.get("prompt")
+        make_agent(config.agent)
+        if retry_failed:
+            store.requeue_tasks(run.run_id, [TaskState.FAILED])
+        return _drive(store, config, run.run_id, prompt, progress or make_progress(progress_stream))
+
+
+def _drive(
+    store: Store, config: Config, run_id: str, prompt: str | None, progress: Progress
+) -> BatchResult:
+    result = drive(store, config, store.get_run(run_id), prompt, progress)
+    return dataclasses.replace(result, summary=reports.run_summary(store, result.run, result.tasks))
+
+
+def list_runs(
+    config_file: Path | None, overrides: Mapping[str, Any], limit: int = 50
+) -> list[dict[str, Any]]:
+    with opened_store(load_config(config_file, overrides)) as store:
+        return [
+            {
+                "run_id": run.run_id,
+                "name": run.name,
+                "created_at": run.created_at.isoformat(),
+                "status": run.status.value,
+                "branch": run.branch,
+                "counts": run.counts,
+            }
+            for run in store.list_runs(limit)
+        ]
+
+
+def summary(run_id: str, config_file: Path | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    with opened_store(load_config(config_file, overrides)) as store:
+        return reports.run_summary(store, store.get_run(run_id))

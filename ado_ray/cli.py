@@ -1,0 +1,391 @@
+"""The `ado` command. Each command parses, builds the config, calls one function, exits.
+
+Exit codes: 0 every task changed or had no change, 1 a task failed, 2 bad usage or input
+(nothing started or written), 130 interrupted (the run is resumable).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from ado_ray.errors import AdoError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# click parameter → dotted config key; only parameters the user set (flag or ADO_* env) count.
+CONFIG_KEYS = {
+    "state": "state",
+    "work_root": "work_root",
+    "parallel": "parallel",
+    "agent": "agent.name",
+    "cmd": "agent.cmd",
+    "prompt": "agent.prompt",
+    "prompt_file": "agent.prompt_file",
+    "env_allow": "agent.env_allow",
+    "timeout": "agent.timeout_s",
+    "stall_timeout": "agent.stall_timeout_s",
+    "name": "name",
+    "branch": "branch",
+    "dry_run": "dry_run",
+    "no_ray": "no_ray",
+    "ray_address": "ray.address",
+    "dashboard": "ray.dashboard",
+    "max_attempts": "max_attempts",
+    "grace": "interrupt_grace_s",
+}
+
+
+def _opt(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*names, envvar=env, show_envvar=True, **kwargs)
+
+
+def store_options(func: F) -> F:
+    func = _opt(
+        "--config",
+        "config_file",
+        env="ADO_CONFIG",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Config file (default: ./ado.yaml if present).",
+    )(func)
+    func = _opt(
+        "--state",
+        env="ADO_STATE",
+        help="State store: a SQLite path or a store URL [default: .ado/state.db].",
+    )(func)
+    return func
+
+
+def run_options(func: F) -> F:
+    options = [
+        _opt(
+            "--parallel",
+            "-p",
+            env="ADO_PARALLEL",
+            type=click.IntRange(1, 10_000),
+            help="Agents running at once [default: 4].",
+        ),
+        _opt(
+            "--timeout",
+            env="ADO_TIMEOUT",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Hard limit per agent run, seconds [default: 1800].",
+        ),
+        _opt(
+            "--stall-timeout",
+            env="ADO_STALL_TIMEOUT",
+            type=click.FloatRange(min=0),
+            help="Kill an agent silent this long, seconds; 0 disables [default: 600].",
+        ),
+        _opt(
+            "--grace",
+            env="ADO_GRACE",
+            type=click.FloatRange(min=0),
+            help="On Ctrl-C, seconds running agents get to finish [default: 20].",
+        ),
+        _opt(
+            "--work-root",
+            env="ADO_WORK_ROOT",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Clone cache and workspaces [default: .ado/work].",
+        ),
+        _opt(
+            "--no-ray",
+            is_flag=True,
+            default=None,
+            env="ADO_NO_RAY",
+            help="Run tasks in this process (for debugging).",
+        ),
+        _opt(
+            "--ray-address",
+            env="ADO_RAY_ADDRESS",
+            help="Join this Ray cluster instead of starting a local one.",
+        ),
+        _opt(
+            "--dashboard/--no-dashboard",
+            default=None,
+            env="ADO_DASHBOARD",
+            help="Start the Ray dashboard with a local instance.",
+        ),
+        _opt(
+            "--json",
+            "as_json",
+            is_flag=True,
+            env="ADO_JSON",
+            help="Print one JSON object at the end; progress goes to stderr.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return store_options(func)
+
+
+def _overrides(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for param, key in CONFIG_KEYS.items():
+        if param not in params or ctx.get_parameter_source(param) not in (
+            ParameterSource.COMMANDLINE,
+            ParameterSource.ENVIRONMENT,
+        ):
+            continue
+        value = params[param]
+        if param == "stall_timeout" and value == 0:
+            value = None
+        if param == "env_allow":
+            value = [name for item in value for name in item.split(",") if name]
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return data
+
+
+def handle_errors(func: F) -> F:
+    """User mistakes exit 2 with the message; other ado-ray errors exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UsageError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except AdoError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ado-ray")
+def main() -> None:
+    """Run an AI coding agent over many git repositories in parallel, on Ray."""
+
+
+@main.command()
+@click.argument("repo_list", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@_opt("--agent", "-a", env="ADO_AGENT", help="Agent adapter [default: command].")
+@_opt(
+    "--cmd",
+    env="ADO_CMD",
+    help="The command agent's argv template, e.g. 'python fix.py {repo_path}'.",
+)
+@_opt("--prompt", env="ADO_PROMPT", help="Prompt text, written to {prompt_file} in each task.")
+@_opt(
+    "--prompt-file",
+    env="ADO_PROMPT_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the prompt from this file.",
+)
+@_opt(
+    "--env-allow",
+    env="ADO_ENV_ALLOW",
+    multiple=True,
+    help="Environment variables the agent may see (names or globs; repeatable, comma-separated).",
+)
+@_opt("--name", env="ADO_NAME", help="Run name [default: a short slug].")
+@_opt("--branch", env="ADO_BRANCH", help="Branch for the changes [default: ado/<run-name>].")
+@_opt(
+    "--dry-run",
+    is_flag=True,
+    default=None,
+    env="ADO_DRY_RUN",
+    help="Commit in the workspaces only; push nothing.",
+)
+@_opt(
+    "--max-attempts",
+    env="ADO_MAX_ATTEMPTS",
+    type=click.IntRange(1, 100),
+    help="Attempts for retryable failures [default: 2].",
+)
+@_opt("--plan", is_flag=True, env="ADO_PLAN", help="Print the resolved repository list and exit.")
+@_opt("--resume", "resume_id", env="ADO_RESUME", help="Continue this run instead of starting one.")
+@_opt(
+    "--retry-failed",
+    is_flag=True,
+    env="ADO_RETRY_FAILED",
+    help="With --resume: run failed tasks again.",
+)
+@run_options
+@click.pass_context
+@handle_errors
+def batch(
+    ctx: click.Context,
+    repo_list: Path | None,
+    resume_id: str | None,
+    plan: bool,
+    retry_failed: bool,
+    as_json: bool,
+    config_file: Path | None,
+    **params: Any,
+) -> None:
+    """Run the agent in every repository of REPO_LIST (one per line; see the README)."""
+    from ado_ray import api
+
+    overrides = _overrides(ctx, params)
+    if resume_id:
+        if repo_list is not None:
+            raise UsageError("give either REPO_LIST or --resume RUN_ID, not both")
+        result = api.resume(
+            resume_id, config_file, overrides, retry_failed, _progress_stream(as_json)
+        )
+    else:
+        if repo_list is None:
+            raise UsageError("missing REPO_LIST; expected a file with one repository per line")
+        if plan:
+            click.echo(api.plan_text(repo_list, config_file, overrides), nl=False)
+            return
+        result = api.start(repo_list, config_file, overrides, _progress_stream(as_json))
+    _finish(result, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@_opt("--retry-failed", is_flag=True, env="ADO_RETRY_FAILED", help="Run failed tasks again.")
+@run_options
+@click.pass_context
+@handle_errors
+def resume(
+    ctx: click.Context,
+    run_id: str,
+    retry_failed: bool,
+    as_json: bool,
+    config_file: Path | None,
+    **params: Any,
+) -> None:
+    """Continue RUN_ID from each task's last checkpoint (same as batch --resume)."""
+    from ado_ray import api
+
+    result = api.resume(
+        run_id, config_file, _overrides(ctx, params), retry_failed, _progress_stream(as_json)
+    )
+    _finish(result, as_json)
+
+
+@main.command()
+@_opt(
+    "--limit",
+    env="ADO_LIMIT",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="How many runs.",
+)
+@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="A JSON array, newest first.")
+@store_options
+@click.pass_context
+@handle_errors
+def runs(
+    ctx: click.Context, limit: int, as_json: bool, config_file: Path | None, state: str | None
+) -> None:
+    """List runs, newest first."""
+    from ado_ray import api
+
+    rows = api.list_runs(config_file, _overrides(ctx, {"state": state}), limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        counts = ", ".join(f"{k} {v}" for k, v in row["counts"].items())
+        when = row["created_at"][:19]
+        click.echo(f"{row['run_id']}  {when}  {row['status']:<11} {row['name']:<24} {counts}")
+
+
+@main.command()
+@click.argument("run_id")
+@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="The run as one JSON object.")
+@store_options
+@click.pass_context
+@handle_errors
+def status(
+    ctx: click.Context, run_id: str, as_json: bool, config_file: Path | None, state: str | None
+) -> None:
+    """Counts per state and a table of the run's repositories."""
+    from ado_ray import api
+
+    summary = api.summary(run_id, config_file, _overrides(ctx, {"state": state}))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    _print_status(summary)
+
+
+@main.command()
+@click.argument("run_id")
+@_opt(
+    "--format",
+    "fmt",
+    env="ADO_REPORT_FORMAT",
+    type=click.Choice(["md", "json", "junit"]),
+    default="md",
+    show_default=True,
+)
+@_opt(
+    "--output",
+    "-o",
+    env="ADO_REPORT_OUTPUT",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of stdout.",
+)
+@store_options
+@click.pass_context
+@handle_errors
+def report(
+    ctx: click.Context,
+    run_id: str,
+    fmt: str,
+    output: Path | None,
+    config_file: Path | None,
+    state: str | None,
+) -> None:
+    """Write the run's report as Markdown, JSON or JUnit XML."""
+    from ado_ray import api, reports
+
+    text = reports.FORMATS[fmt](api.summary(run_id, config_file, _overrides(ctx, {"state": state})))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+def _print_status(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    table = Table(title=f"{summary['name']} ({summary['run_id']}) · {summary['status']} · {counts}")
+    for column in ("repository", "state", "attempts", "commit", "where / error"):
+        table.add_column(column)
+    for task in summary["tasks"]:
+        detail = (
+            f"{task['failure_class']}: {task['error']}" if task["error"] else task["where"] or ""
+        )
+        table.add_row(
+            task["name"], task["state"], str(task["attempts"]), (task["commit"] or "")[:10], detail
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def _progress_stream(as_json: bool) -> Any:
+    return sys.stderr if as_json else sys.stdout
+
+
+def _finish(result: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=2))
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+        click.echo(f"run {result.run.run_id} ({result.run.name}): {counts}")
+        if result.interrupted:
+            click.echo(f"interrupted; continue with: ado resume {result.run.run_id}")
+        click.echo(f"report: ado report {result.run.run_id}")
+    sys.exit(result.exit_code)

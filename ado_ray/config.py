@@ -1,0 +1,180 @@
+"""Configuration: pydantic models, the YAML file, `${ENV}` interpolation and flag overrides.
+
+Precedence, lowest first: built-in defaults < YAML file (`ado.yaml` in the working directory,
+or `--config`) < `ADO_*` environment variables < command-line flags. The CLI turns the
+last two into a nested dict of overrides (`build_config(..., overrides=...)`); everything is
+validated once, here. This is the only module that reads the environment for settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ado_ray.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "ado.yaml"
+DEFAULT_ENV_ALLOW = ["PATH", "LANG", "LC_*", "TZ", "TERM", "TMPDIR", "USER", "LOGNAME"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentSettings(_Model):
+    """How the agent runs in each repository."""
+
+    name: str = "command"
+    cmd: str | None = None  # the `command` agent's argv template (shlex-split, never a shell)
+    prompt: str | None = None
+    prompt_file: Path | None = None
+    env_allow: list[str] = Field(default_factory=lambda: list(DEFAULT_ENV_ALLOW))
+    env: dict[str, str] = Field(default_factory=dict)  # fixed extra variables for the agent
+    timeout_s: float = Field(default=1800.0, gt=0)
+    stall_timeout_s: float | None = Field(default=600.0, gt=0)
+    kill_grace_s: float = Field(default=10.0, ge=0)
+
+
+class GitSettings(_Model):
+    author_name: str = "ado-ray"
+    author_email: str = "ado-ray@localhost"
+    message: str = "{run_name}: agent changes in {repo_name}"
+
+
+class RaySettings(_Model):
+    address: str | None = None  # None: start (or join) a local Ray instance
+    namespace: str = "ado"
+    num_cpus: int | None = None  # only for a local instance
+    dashboard: bool = False  # only for a local instance: start the Ray dashboard too
+    slots_per_runner: int = Field(default=25, ge=1)  # agents one runner actor supervises
+    runner_num_cpus: float = Field(default=0.0, ge=0)
+
+
+class Config(_Model):
+    state: str = ".ado/state.db"  # a SQLite path, or a store URL
+    work_root: Path = Path(".ado/work")
+    parallel: int = Field(default=4, ge=1, le=10_000)
+    name: str | None = None
+    branch: str | None = None
+    dry_run: bool = False
+    no_ray: bool = False
+    max_attempts: int = Field(default=2, ge=1)  # for retryable failure classes
+    interrupt_grace_s: float = Field(default=20.0, ge=0)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    git: GitSettings = Field(default_factory=GitSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_slug(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+            raise ValueError(
+                f"'{value}' is not a run name; expected letters, digits, '.', '_' or '-' "
+                "(at most 64, starting with a letter or digit)"
+            )
+        return value
+
+    def masked(self) -> dict[str, Any]:
+        """The config as stored with a run and shown to users: no secret values.
+
+        Secrets are referenced by the name of an environment variable; `agent.env`
+        values are the only literal values a user may put here, so they are masked.
+        """
+        data = self.model_dump(mode="json")
+        data["agent"]["env"] = {key: "***" for key in data["agent"]["env"]}
+        data["state"] = mask_url(self.state)
+        return data
+
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of a YAML document."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{where or 'config'}: ${{{name}}} is not set; expected the variable in the "
+                f"environment, or a default as ${{{name}:-value}}"
+            )
+
+        return _INTERPOLATION.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def load_yaml(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({exc}); expected a mapping") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: found a {type(data).__name__}; expected a mapping of keys")
+    return dict(interpolate(data, env, ""))
+
+
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Defaults < YAML < overrides (environment and flags, already merged by the CLI)."""
+    env = os.environ if env is None else env
+    source = "defaults"
+    data: dict[str, Any] = {}
+    if config_file is None:
+        candidate = (cwd or Path.cwd()) / DEFAULT_CONFIG_FILE
+        config_file = candidate if candidate.is_file() else None
+    if config_file is not None:
+        data = load_yaml(config_file, env)
+        source = str(config_file)
+    data = deep_merge(data, overrides or {})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+def mask_url(url: str) -> str:
+    """`postgresql://user:secret@host/db` → `postgresql://user:***@host/db`."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)

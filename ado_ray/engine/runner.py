@@ -1,0 +1,84 @@
+"""`AgentRunner`: supervises up to `slots` agents at once.
+
+Ray makes it an async actor (`max_concurrency` above `slots`, so a few tasks can wait in
+line and `drain` can still be called while every slot is busy); `--no-ray` uses the same
+class in-process. Agents are external processes, so one runner waits on many of them:
+`--parallel 100` means a handful of Python workers, not a hundred.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ado_ray.agents import make_agent
+from ado_ray.engine.task import Emit, RunContext, TaskSpec, execute
+from ado_ray.models import Event, TaskOutcome, TaskState, TaskUpdate
+
+INTERRUPTED = "interrupted; `ado resume` continues it from its last checkpoint"
+
+
+def sink_emitter(sink: Any) -> Emit:
+    """Send events to the sink, whether it is a Ray actor handle or an in-process `Sink`."""
+    submit = sink.submit
+    if hasattr(submit, "remote"):
+
+        async def emit_remote(events: Sequence[Event], durable: bool) -> None:
+            await submit.remote(list(events), durable)
+
+        return emit_remote
+
+    async def emit_local(events: Sequence[Event], durable: bool) -> None:
+        await submit(list(events), durable)
+
+    return emit_local
+
+
+class AgentRunner:
+    def __init__(self, ctx: RunContext, sink: Any, slots: int, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.agent = make_agent(ctx.agent)
+        self._emit = sink_emitter(sink)
+        self._slots = asyncio.Semaphore(slots)
+        self._active: dict[str, asyncio.Future[TaskOutcome]] = {}
+        self._draining = False
+
+    async def ready(self) -> str:
+        return self.name
+
+    async def run(self, spec: TaskSpec) -> TaskOutcome:
+        async with self._slots:
+            if self._draining:
+                return TaskOutcome(spec.task_id, spec.repo.key, TaskState.QUEUED, error=INTERRUPTED)
+            inner = asyncio.ensure_future(
+                execute(self.ctx, spec, self.agent, self._emit, self.name)
+            )
+            self._active[spec.task_id] = inner
+            try:
+                return await inner
+            except asyncio.CancelledError:
+                if not self._draining:
+                    raise
+                await self._emit(
+                    [TaskUpdate(spec.task_id, TaskState.QUEUED, error=INTERRUPTED)], True
+                )
+                return TaskOutcome(spec.task_id, spec.repo.key, TaskState.QUEUED, error=INTERRUPTED)
+            finally:
+                del self._active[spec.task_id]
+
+    async def drain(self, grace_s: float) -> int:
+        """Start no more tasks; give running ones `grace_s`, then cancel them (their agents'
+        process groups are killed). Return how many were cancelled."""
+        self._draining = True
+        deadline = time.monotonic() + grace_s
+        while self._active and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        leftover = list(self._active.values())
+        for future in leftover:
+            future.cancel()
+        if leftover:
+            await asyncio.wait(leftover, timeout=self.ctx.agent.kill_grace_s + 10)
+        return len(leftover)

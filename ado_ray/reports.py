@@ -1,0 +1,132 @@
+"""Reports of a run from the store: one JSON shape, rendered as JSON, Markdown or JUnit XML.
+
+The JSON object is also what `ado batch --json` prints at the end of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from ado_ray.models import Step, TaskState
+from ado_ray.store import RunRecord, Store, TaskRecord
+
+
+def run_summary(
+    store: Store, run: RunRecord, tasks: list[TaskRecord] | None = None
+) -> dict[str, Any]:
+    tasks = store.list_tasks(run.run_id) if tasks is None else tasks
+    counts: dict[str, int] = {}
+    for task in tasks:
+        counts[task.state.value] = counts.get(task.state.value, 0) + 1
+    return {
+        "run_id": run.run_id,
+        "name": run.name,
+        "status": run.status.value,
+        "branch": run.branch,
+        "created_at": run.created_at.isoformat(),
+        "repo_list": run.repo_list,
+        "counts": counts,
+        "tasks": [_task(store, task) for task in tasks],
+    }
+
+
+def _task(store: Store, task: TaskRecord) -> dict[str, Any]:
+    checkpoints = store.checkpoints(task.task_id) if task.commit_sha else {}
+    if not task.commit_sha:
+        location = None
+    elif Step.PUBLISHED in checkpoints:
+        location = f"branch {task.branch} of {checkpoints[Step.PUBLISHED]['url']}"
+    else:
+        location = f"branch {task.branch} in the workspace {task.workspace}/repo (not pushed)"
+    return {
+        "task_id": task.task_id,
+        "repo": task.repo.url,
+        "name": task.repo.name,
+        "line": task.repo.line,
+        "ref": task.repo.ref,
+        "state": task.state.value,
+        "branch": task.branch if task.commit_sha else None,
+        "commit": task.commit_sha,
+        "where": location,
+        "base_sha": task.base_sha,
+        "attempts": task.attempt,
+        "failure_class": task.failure_class.value if task.failure_class else None,
+        "error": task.error,
+        "workspace": task.workspace,
+    }
+
+
+def to_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2) + "\n"
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# ado run {summary['name']} ({summary['run_id']})",
+        "",
+        f"- status: {summary['status']}",
+        f"- branch: `{summary['branch']}`",
+        f"- created: {summary['created_at']}",
+        f"- repositories: {len(summary['tasks'])} from `{summary['repo_list']}`",
+        "",
+        "| state | count |",
+        "|---|---|",
+        *(f"| {state} | {count} |" for state, count in summary["counts"].items()),
+        "",
+        "| repository | state | commit | where / error |",
+        "|---|---|---|---|",
+    ]
+    for task in summary["tasks"]:
+        commit = f"`{task['commit'][:10]}`" if task["commit"] else ""
+        detail = task["where"] or ""
+        if task["error"]:
+            detail = f"{task['failure_class'] or 'error'}: {task['error']}"
+        lines.append(f"| {task['name']} | {task['state']} | {commit} | {_cell(detail)} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_junit(summary: dict[str, Any]) -> str:
+    tasks = summary["tasks"]
+    failures = sum(1 for t in tasks if t["state"] == TaskState.FAILED.value)
+    not_run = {TaskState.SKIPPED.value, TaskState.CANCELLED.value, TaskState.QUEUED.value}
+    suite = ET.Element(
+        "testsuite",
+        name=f"ado.{summary['name']}",
+        tests=str(len(tasks)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(sum(1 for t in tasks if t["state"] in not_run)),
+    )
+    for task in tasks:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"ado.{summary['name']}", name=task["name"]
+        )
+        if task["state"] == TaskState.FAILED.value:
+            failure = ET.SubElement(
+                case, "failure", message=task["error"] or "", type=task["failure_class"] or ""
+            )
+            failure.text = task["error"] or ""
+        elif task["state"] in not_run:
+            ET.SubElement(case, "skipped", message=task["state"])
+        out = ET.SubElement(case, "system-out")
+        out.text = f"{task['repo']}: {task['state']}" + (
+            f" {task['commit']} ({task['where']})" if task["commit"] else ""
+        )
+    suites = ET.Element("testsuites")
+    suites.append(suite)
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "json": to_json,
+    "md": to_markdown,
+    "junit": to_junit,
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
