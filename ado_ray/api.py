@@ -45,12 +45,17 @@ def read_prompt(config: Config) -> str | None:
 
 def plan(repo_list: Path, config: Config) -> tuple[list[RepoSpec], str | None]:
     """Parse and check everything a run needs; raise UsageError on any problem."""
-    repos = parse_repo_list(repo_list)
+    return check_plan(parse_repo_list(repo_list), str(repo_list), config)
+
+
+def check_plan(
+    repos: list[RepoSpec], source: str, config: Config
+) -> tuple[list[RepoSpec], str | None]:
     prompt = read_prompt(config)
     agent = make_agent(config.agent)
     check = getattr(agent, "check_repos", None)
     if check is not None:
-        check(repos, str(repo_list))
+        check(repos, source)
     return repos, prompt
 
 
@@ -78,9 +83,17 @@ def start(
 ) -> BatchResult:
     config = load_config(config_file, overrides)
     repos, prompt = plan(repo_list, config)
+    return start_planned(
+        config, repos, str(repo_list), prompt, progress or make_progress(progress_stream)
+    )
+
+
+def start_planned(
+    config: Config, repos: list[RepoSpec], source: str, prompt: str | None, progress: Progress
+) -> BatchResult:
     with opened_store(config) as store:
-        run = new_run(store, config, repos, str(repo_list), prompt)
-        return _drive(store, config, run.run_id, prompt, progress or make_progress(progress_stream))
+        run = new_run(store, config, repos, source, prompt)
+        return _drive(store, config, run.run_id, prompt, progress)
 
 
 def resume(
