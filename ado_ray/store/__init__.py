@@ -28,6 +28,7 @@ __all__ = [
 
 BACKENDS: dict[str, str] = {
     "sqlite": "ado_ray.store.sqlite:SQLiteStore",
+    "postgresql": "ado_ray.store.postgres:PostgresStore",
 }
 
 # URL scheme -> backend name

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -21,10 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from functools import cache
-from importlib.resources import files
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from ado_ray.errors import ConfigError, StoreError, UnknownRunError
@@ -41,43 +38,15 @@ from ado_ray.models import (
     UsageEvent,
 )
 from ado_ray.store.base import RunRecord, SessionRecord, TaskRecord
+from ado_ray.store.sqlfiles import load_migrations, load_queries
 
 MIN_PREFIX = 4  # shortest run id prefix that get_run resolves
 
-_SECTION = re.compile(r"^-- name: (\w+)[ \t]*$", re.MULTILINE)
-_MIGRATION = re.compile(r"^(\d+)_\w+\.sql$")
 _STATE_ORDER = {state.value: i for i, state in enumerate(TaskState)}
 _STEP_ORDER = {step.value: i for i, step in enumerate(Step)}
 
 
 # --- SQL files -------------------------------------------------------------------------------
-
-
-@cache
-def load_queries(dialect: str) -> Mapping[str, str]:
-    """The `-- name: x` sections of `sql/<dialect>/queries.sql`, by name."""
-    text = (files("ado_ray.store") / "sql" / dialect / "queries.sql").read_text("utf-8")
-    parts = _SECTION.split(text)  # [preamble, name, body, name, body, ...]
-    queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
-            raise ValueError(f"sql/{dialect}/queries.sql: query '{name}' is defined twice")
-        queries[name] = body.strip()
-    return MappingProxyType(queries)
-
-
-@cache
-def load_migrations(dialect: str) -> tuple[tuple[int, str, str], ...]:
-    """(version, file name, script) of each numbered file in `sql/<dialect>/`, in order."""
-    found = []
-    for entry in (files("ado_ray.store") / "sql" / dialect).iterdir():
-        if match := _MIGRATION.match(entry.name):
-            found.append((int(match[1]), entry.name, entry.read_text("utf-8")))
-    found.sort()
-    versions = [version for version, _, _ in found]
-    if len(set(versions)) != len(versions):
-        raise ValueError(f"sql/{dialect}: two migrations share a version number: {versions}")
-    return tuple(found)
 
 
 def split_script(script: str) -> Iterator[str]:

@@ -2,23 +2,39 @@
 
 To add a backend: append its name to BACKENDS, return its URL from `store_url`, and give
 `raw` a `Raw` for it (read a table, delete a run with plain SQL).
+
+PostgreSQL: one private server per test session (`pg_server`, tests/servers.py), one
+database per test. A database that the test gets migrated is a copy of a template that
+was migrated once per session (`CREATE DATABASE ... TEMPLATE`, ~50 ms); it is dropped
+after the test. A fault test may stop the server: the fixtures start it again.
 """
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
 
 from ado_ray.models import RepoSpec, RunStatus, TaskState
 from ado_ray.store import RunRecord, Store, TaskRecord, backend_name, open_store
+from ado_ray.store.postgres import PostgresStore
 from ado_ray.store.sqlite import SQLiteStore
+from tests.servers import PostgresServer
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+# Tests of the shared suite that open SQLite themselves (sqlite3 locks), so
+# they mean nothing on another backend; test_postgres.py checks the same on PostgreSQL.
+SQLITE_ONLY = {
+    "test_sink.py::test_a_locked_database_delays_writes_and_loses_nothing",
+}
 RUN = "run-0001"  # the default run id of build_run
 TABLES = ["runs", "tasks", "sessions", "usage_records", "checkpoints", "run_locks"]
 T0 = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
@@ -98,16 +114,105 @@ class SQLiteRaw:
         self.conn.close()
 
 
+class PostgresRaw:
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(table))
+        return sorted(self.conn.execute(query).fetchall(), key=repr)
+
+    def delete_run(self, run_id: str) -> None:
+        self.conn.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if name in SQLITE_ONLY and callspec and callspec.params.get("backend") != "sqlite":
+            item.add_marker(pytest.mark.skip(reason="opens SQLite itself; see test_postgres.py"))
+
+
+class PostgresDatabases:
+    """Creates and drops the tests' databases on the session's server."""
+
+    TEMPLATE = "ado_template"
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+        self._names = itertools.count()
+        with psycopg.connect(server.url()) as conn:
+            # FILE_COPY (PostgreSQL 15+) copies a small template faster than the default
+            fast = conn.info.server_version >= 150000
+        self._strategy = " STRATEGY FILE_COPY" if fast else ""
+        self._admin(f"CREATE DATABASE {self.TEMPLATE}")
+        with PostgresStore(server.url(self.TEMPLATE)) as template:
+            template.migrate()
+
+    def _admin(self, statement: str) -> None:
+        self.server.start()  # a fault test may have stopped it
+        with psycopg.connect(self.server.url(), autocommit=True) as conn:
+            conn.execute(statement)
+
+    def create(self, *, migrated: bool) -> str:
+        """A new database, empty or migrated; its URL."""
+        name = f"t_{next(self._names)}"
+        template = self.TEMPLATE if migrated else "template0"
+        self._admin(f"CREATE DATABASE {name} TEMPLATE {template}{self._strategy}")
+        return self.server.url(name)
+
+    def drop(self, url: str) -> None:
+        self._admin(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    with PostgresServer(Path(tmp_path_factory.mktemp("postgres"))) as server:
+        yield server  # then stopped, and its data deleted
+
+
+@pytest.fixture(scope="session")
+def pg_databases(pg_server: PostgresServer) -> PostgresDatabases:
+    return PostgresDatabases(pg_server)
+
+
+@pytest.fixture
+def pg_empty_url(pg_databases: PostgresDatabases) -> Iterator[str]:
+    """A new, empty database (no schema) on the session's server."""
+    url = pg_databases.create(migrated=False)
+    yield url
+    pg_databases.drop(url)
+
+
+@pytest.fixture
+def pg_url(pg_databases: PostgresDatabases) -> Iterator[str]:
+    """A new, migrated database on the session's server."""
+    url = pg_databases.create(migrated=True)
+    yield url
+    pg_databases.drop(url)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def store_url(backend: str, tmp_path: Path) -> str:
-    """The URL of an empty store of `backend` (no schema yet)."""
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The URL of an empty store of `backend` (no schema yet).
+
+    On PostgreSQL, a test that also uses `store` (which migrates it anyway) gets a copy of
+    the migrated template instead: the same store, without paying for the migration.
+    """
     if backend == "sqlite":
         return f"sqlite://{tmp_path / 'state' / 'state.db'}"
+    if backend == "postgresql":
+        migrated = "store" in request.fixturenames
+        return str(request.getfixturevalue("pg_url" if migrated else "pg_empty_url"))
     raise NotImplementedError(backend)
 
 
@@ -126,6 +231,8 @@ def open_raw(store_url: str) -> Raw:
     """A `Raw` on the store at `store_url` (which must exist); close it after use."""
     if backend_name(store_url) == "sqlite":
         return SQLiteRaw(SQLiteStore.from_url(store_url).path)
+    if backend_name(store_url) == "postgresql":
+        return PostgresRaw(store_url)
     raise NotImplementedError(store_url)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -132,7 +133,7 @@ def test_a_batch_is_written_when_full_without_waiting_for_the_delay(
 def test_durable_submit_returns_once_another_store_can_read_it(
     store_url: str, tasks: list[str]
 ) -> None:
-    reader = SQLiteStore.from_url(store_url)
+    reader = open_store(store_url)
 
     async def main() -> None:
         sink = Sink(store_url, max_delay_s=60)  # only a waiter makes it write
@@ -170,7 +171,7 @@ def test_flush_close_and_after(store_url: str, tasks: list[str]) -> None:
 
     sink = asyncio.run(main())
     assert sink.status()["written"] == 5
-    with SQLiteStore.from_url(store_url) as reader:
+    with contextlib.closing(open_store(store_url)) as reader:
         assert attempt_of(reader, tasks[1]) == 5
 
 

@@ -1,0 +1,207 @@
+-- Queries of PostgresStore, one per `-- name:` section, loaded once by postgres.py.
+--
+-- Parameters are psycopg's named placeholders, %(name)s, each cast to its type where the
+-- server could not tell it; a literal percent sign would be written %%. Times come from
+-- the server (now(): the start of the transaction), except run and task creation times,
+-- which the caller gives (TIMESTAMPTZ, never naive). Lists are arrays (text[]).
+-- Text is ordered with COLLATE "C" (byte order), as SQLite orders it, whatever the
+-- database's collation.
+
+-- name: configure_session
+-- lock_timeout (text, '10000ms'): how long a statement waits for another session's lock.
+-- Run on each new pooled connection. Times are then shown, and returned, in UTC.
+SELECT set_config('lock_timeout', %(lock_timeout)s, false), set_config('TimeZone', 'UTC', false);
+
+-- name: migrate_lock
+-- Serializes migrate() across processes and machines: held until the transaction ends.
+-- The key is the ASCII of 'ado-ray1', as a bigint.
+SELECT pg_advisory_xact_lock(7018141478282508593);
+
+-- name: create_schema_version
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at TIMESTAMPTZ NOT NULL
+);
+
+-- name: applied_versions
+SELECT version FROM schema_version ORDER BY version;
+
+-- name: record_version
+-- version
+INSERT INTO schema_version (version, applied_at) VALUES (%(version)s, now());
+
+-- name: insert_run
+INSERT INTO runs (run_id, name, created_at, status, branch, config, repo_list)
+VALUES (
+    %(run_id)s, %(name)s, %(created_at)s, %(status)s, %(branch)s, %(config)s::jsonb,
+    %(repo_list)s
+);
+
+-- name: insert_task
+INSERT INTO tasks (
+    task_id, run_id, seq, repo_key, repo, state, attempt, base_sha, branch, commit_sha,
+    failure_class, error, workspace, lease_owner, created_at, updated_at
+) VALUES (
+    %(task_id)s, %(run_id)s, %(seq)s, %(repo_key)s, %(repo)s::jsonb, %(state)s, %(attempt)s,
+    %(base_sha)s, %(branch)s, %(commit_sha)s, %(failure_class)s, %(error)s, %(workspace)s,
+    %(lease_owner)s, %(created_at)s, %(updated_at)s
+);
+
+-- name: get_run
+-- run_id
+SELECT * FROM runs WHERE run_id = %(run_id)s;
+
+-- name: find_runs_by_prefix
+-- prefix, taken literally (no LIKE wildcards); two rows tell "unique" from "ambiguous".
+SELECT * FROM runs
+WHERE starts_with(run_id, %(prefix)s)
+ORDER BY run_id COLLATE "C"
+LIMIT 2;
+
+-- name: list_runs
+-- limit; newest first (run_no, the insertion order, breaks ties). Index runs_created_at.
+SELECT * FROM runs ORDER BY created_at DESC, run_no DESC LIMIT %(limit)s;
+
+-- name: count_tasks
+-- run_ids (text[]); one row per run and state present. Index tasks_run_state.
+SELECT run_id, state, count(*) AS n
+FROM tasks
+WHERE run_id = ANY(%(run_ids)s::text[])
+GROUP BY run_id, state;
+
+-- name: set_run_status
+-- run_id, status
+UPDATE runs SET status = %(status)s WHERE run_id = %(run_id)s;
+
+-- name: list_tasks
+-- run_id
+SELECT * FROM tasks WHERE run_id = %(run_id)s ORDER BY seq, task_id COLLATE "C";
+
+-- name: requeue_tasks
+-- run_id, states (text[]). A requeued task has no runner, so no lease.
+-- Rows are locked in task_id order, as apply() locks them, so the two cannot deadlock.
+WITH doomed AS (
+    SELECT task_id FROM tasks
+    WHERE run_id = %(run_id)s AND state = ANY(%(states)s::text[])
+    ORDER BY task_id
+    FOR NO KEY UPDATE
+)
+UPDATE tasks
+SET state = 'queued', lease_owner = NULL, updated_at = now()
+FROM doomed
+WHERE tasks.task_id = doomed.task_id;
+
+-- name: lock_tasks
+-- task_ids (text[]): the tasks a batch of events names. Returns those that exist and
+-- locks them, in task_id order, until the batch commits: none can be deleted half-way,
+-- and two writers of the same tasks queue instead of deadlocking.
+SELECT task_id FROM tasks
+WHERE task_id = ANY(%(task_ids)s::text[])
+ORDER BY task_id
+FOR NO KEY UPDATE;
+
+-- name: apply_task_update
+-- task_id, state, every TaskUpdate column (NULL keeps the current value),
+-- clear_failure (failure_class and error are reset before the new values apply),
+-- terminal (the state is terminal, so lease_owner is cleared).
+-- The WHERE clause skips an update that would change nothing, so replaying an event
+-- leaves the row exactly as it was, updated_at included.
+UPDATE tasks
+SET state = %(state)s,
+    attempt = coalesce(%(attempt)s::integer, attempt),
+    base_sha = coalesce(%(base_sha)s::text, base_sha),
+    branch = coalesce(%(branch)s::text, branch),
+    commit_sha = coalesce(%(commit_sha)s::text, commit_sha),
+    failure_class = coalesce(
+        %(failure_class)s::text, CASE WHEN %(clear_failure)s::boolean THEN NULL ELSE failure_class END
+    ),
+    error = coalesce(%(error)s::text, CASE WHEN %(clear_failure)s::boolean THEN NULL ELSE error END),
+    workspace = coalesce(%(workspace)s::text, workspace),
+    lease_owner = CASE
+        WHEN %(terminal)s::boolean THEN NULL ELSE coalesce(%(lease_owner)s::text, lease_owner)
+    END,
+    updated_at = now()
+WHERE task_id = %(task_id)s
+  AND (state, attempt, base_sha, branch, commit_sha, failure_class, error, workspace, lease_owner)
+      IS DISTINCT FROM (
+          %(state)s::text,
+          coalesce(%(attempt)s::integer, attempt),
+          coalesce(%(base_sha)s::text, base_sha),
+          coalesce(%(branch)s::text, branch),
+          coalesce(%(commit_sha)s::text, commit_sha),
+          coalesce(
+              %(failure_class)s::text,
+              CASE WHEN %(clear_failure)s::boolean THEN NULL ELSE failure_class END
+          ),
+          coalesce(%(error)s::text, CASE WHEN %(clear_failure)s::boolean THEN NULL ELSE error END),
+          coalesce(%(workspace)s::text, workspace),
+          CASE WHEN %(terminal)s::boolean THEN NULL ELSE coalesce(%(lease_owner)s::text, lease_owner) END
+      );
+
+-- name: upsert_checkpoint
+-- task_id, step, data (JSON text). A replay overwrites data and keeps created_at.
+INSERT INTO checkpoints (task_id, step, data, created_at)
+VALUES (%(task_id)s, %(step)s, %(data)s::jsonb, now())
+ON CONFLICT (task_id, step) DO UPDATE SET data = excluded.data;
+
+-- name: upsert_session
+-- task_id, attempt, the SessionEvent fields (usage as JSON text).
+INSERT INTO sessions (
+    task_id, attempt, agent, session_id, exit_code, duration_s, log_path, usage, outcome,
+    created_at
+) VALUES (
+    %(task_id)s, %(attempt)s, %(agent)s, %(session_id)s, %(exit_code)s, %(duration_s)s,
+    %(log_path)s, %(usage)s::jsonb, %(outcome)s, now()
+)
+ON CONFLICT (task_id, attempt) DO UPDATE SET
+    agent = excluded.agent,
+    session_id = excluded.session_id,
+    exit_code = excluded.exit_code,
+    duration_s = excluded.duration_s,
+    log_path = excluded.log_path,
+    usage = excluded.usage,
+    outcome = excluded.outcome;
+
+-- name: upsert_usage
+-- task_id, attempt, key, input_tokens, output_tokens, cost_usd.
+INSERT INTO usage_records (
+    task_id, attempt, key, input_tokens, output_tokens, cost_usd, created_at
+) VALUES (
+    %(task_id)s, %(attempt)s, %(key)s, %(input_tokens)s, %(output_tokens)s, %(cost_usd)s, now()
+)
+ON CONFLICT (task_id, attempt, key) DO UPDATE SET
+    input_tokens = excluded.input_tokens,
+    output_tokens = excluded.output_tokens,
+    cost_usd = excluded.cost_usd;
+
+-- name: checkpoints
+-- task_id
+SELECT step, data FROM checkpoints WHERE task_id = %(task_id)s;
+
+-- name: sessions
+-- task_id
+SELECT * FROM sessions WHERE task_id = %(task_id)s ORDER BY attempt;
+
+-- name: acquire_run_lock
+-- run_id, owner, ttl_s (seconds). Inserts the lease, or takes it over when it
+-- is already this owner's (renewal) or has expired by the server's clock; otherwise leaves
+-- it alone and returns no row (the conflicting row is locked all the same, so the caller
+-- reads its holder with run_lock_owner in the same transaction). An unknown run fails the
+-- foreign key.
+INSERT INTO run_locks (run_id, owner, expires_at)
+VALUES (%(run_id)s, %(owner)s, now() + make_interval(secs => %(ttl_s)s::double precision))
+ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE run_locks.owner = excluded.owner OR run_locks.expires_at <= now()
+RETURNING owner;
+
+-- name: run_lock_owner
+-- run_id
+SELECT owner FROM run_locks WHERE run_id = %(run_id)s;
+
+-- name: release_run_lock
+-- run_id, owner; someone else's lease is left alone.
+DELETE FROM run_locks WHERE run_id = %(run_id)s AND owner = %(owner)s;
+
+-- name: break_run_lock
+-- run_id
+DELETE FROM run_locks WHERE run_id = %(run_id)s;
