@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,8 +26,21 @@ from ado_ray.store import Store, open_store
 RUN_KEYS = ("agent", "git", "dry_run", "max_attempts")  # kept by a resumed run
 
 
-def load_config(config_file: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
-    return build_config(config_file, overrides)
+@dataclass(frozen=True)
+class ConfigSources:
+    """Where a command's config comes from: a file, a context, environment and flags."""
+
+    config_file: Path | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    context: str | None = None
+
+    def with_overrides(self, base: Mapping[str, Any]) -> ConfigSources:
+        """`base` below this source's own overrides (a resumed run's stored settings)."""
+        return dataclasses.replace(self, overrides=deep_merge(dict(base), self.overrides))
+
+
+def load_config(sources: ConfigSources) -> Config:
+    return build_config(sources.config_file, sources.overrides, context=sources.context)
 
 
 def read_prompt(config: Config) -> str | None:
@@ -59,8 +73,8 @@ def check_plan(
     return repos, prompt
 
 
-def plan_text(repo_list: Path, config_file: Path | None, overrides: Mapping[str, Any]) -> str:
-    repos, _ = plan(repo_list, load_config(config_file, overrides))
+def plan_text(repo_list: Path, sources: ConfigSources) -> str:
+    repos, _ = plan(repo_list, load_config(sources))
     return "".join(f"{format_repo_line(repo)}\n" for repo in repos)
 
 
@@ -76,12 +90,11 @@ def opened_store(config: Config) -> Iterator[Store]:
 
 def start(
     repo_list: Path,
-    config_file: Path | None,
-    overrides: Mapping[str, Any],
+    sources: ConfigSources,
     progress_stream: IO[str],
     progress: Progress | None = None,
 ) -> BatchResult:
-    config = load_config(config_file, overrides)
+    config = load_config(sources)
     repos, prompt = plan(repo_list, config)
     return start_planned(
         config, repos, str(repo_list), prompt, progress or make_progress(progress_stream)
@@ -98,18 +111,17 @@ def start_planned(
 
 def resume(
     run_id: str,
-    config_file: Path | None,
-    overrides: Mapping[str, Any],
+    sources: ConfigSources,
     retry_failed: bool,
     progress_stream: IO[str],
     progress: Progress | None = None,
 ) -> BatchResult:
     """Continue a run with its own agent and git settings (flags given now still win)."""
-    with opened_store(load_config(config_file, overrides)) as store:
+    with opened_store(load_config(sources)) as store:
         run = store.get_run(run_id)
         stored = {key: run.config[key] for key in RUN_KEYS if key in run.config}
         stored.get("agent", {}).pop("env", None)  # masked when stored; comes from config now
-        config = load_config(config_file, deep_merge(stored, overrides))
+        config = load_config(sources.with_overrides(stored))
         prompt = run.config.get("prompt")
         make_agent(config.agent)
         if retry_failed:
@@ -124,10 +136,8 @@ def _drive(
     return dataclasses.replace(result, summary=reports.run_summary(store, result.run, result.tasks))
 
 
-def list_runs(
-    config_file: Path | None, overrides: Mapping[str, Any], limit: int = 50
-) -> list[dict[str, Any]]:
-    with opened_store(load_config(config_file, overrides)) as store:
+def list_runs(sources: ConfigSources, limit: int = 50) -> list[dict[str, Any]]:
+    with opened_store(load_config(sources)) as store:
         return [
             {
                 "run_id": run.run_id,
@@ -141,6 +151,6 @@ def list_runs(
         ]
 
 
-def summary(run_id: str, config_file: Path | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    with opened_store(load_config(config_file, overrides)) as store:
+def summary(run_id: str, sources: ConfigSources) -> dict[str, Any]:
+    with opened_store(load_config(sources)) as store:
         return reports.run_summary(store, store.get_run(run_id))

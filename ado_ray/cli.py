@@ -60,6 +60,11 @@ def store_options(func: F) -> F:
         env="ADO_STATE",
         help="State store: a SQLite path or a store URL [default: .ado/state.db].",
     )(func)
+    func = _opt(
+        "--context",
+        env="ADO_CONTEXT",
+        help="Deployment context from the config: local, kubernetes (k8s), or your own.",
+    )(func)
     return func
 
 
@@ -127,7 +132,10 @@ def run_options(func: F) -> F:
     return store_options(func)
 
 
-def _overrides(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+def _sources(ctx: click.Context, params: dict[str, Any]) -> Any:
+    """The command's config sources; only parameters the user set (flag or env) count."""
+    from ado_ray.api import ConfigSources
+
     data: dict[str, Any] = {}
     for param, key in CONFIG_KEYS.items():
         if param not in params or ctx.get_parameter_source(param) not in (
@@ -145,7 +153,7 @@ def _overrides(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return data
+    return ConfigSources(params.get("config_file"), data, params.get("context"))
 
 
 def handle_errors(func: F) -> F:
@@ -225,26 +233,23 @@ def batch(
     plan: bool,
     retry_failed: bool,
     as_json: bool,
-    config_file: Path | None,
     **params: Any,
 ) -> None:
     """Run the agent in every repository of REPO_LIST (one per line; see the README)."""
     from ado_ray import api
 
-    overrides = _overrides(ctx, params)
+    sources = _sources(ctx, params)
     if resume_id:
         if repo_list is not None:
             raise UsageError("give either REPO_LIST or --resume RUN_ID, not both")
-        result = api.resume(
-            resume_id, config_file, overrides, retry_failed, _progress_stream(as_json)
-        )
+        result = api.resume(resume_id, sources, retry_failed, _progress_stream(as_json))
     else:
         if repo_list is None:
             raise UsageError("missing REPO_LIST; expected a file with one repository per line")
         if plan:
-            click.echo(api.plan_text(repo_list, config_file, overrides), nl=False)
+            click.echo(api.plan_text(repo_list, sources), nl=False)
             return
-        result = api.start(repo_list, config_file, overrides, _progress_stream(as_json))
+        result = api.start(repo_list, sources, _progress_stream(as_json))
     _finish(result, as_json)
 
 
@@ -259,15 +264,12 @@ def resume(
     run_id: str,
     retry_failed: bool,
     as_json: bool,
-    config_file: Path | None,
     **params: Any,
 ) -> None:
     """Continue RUN_ID from each task's last checkpoint (same as batch --resume)."""
     from ado_ray import api
 
-    result = api.resume(
-        run_id, config_file, _overrides(ctx, params), retry_failed, _progress_stream(as_json)
-    )
+    result = api.resume(run_id, _sources(ctx, params), retry_failed, _progress_stream(as_json))
     _finish(result, as_json)
 
 
@@ -284,13 +286,11 @@ def resume(
 @store_options
 @click.pass_context
 @handle_errors
-def runs(
-    ctx: click.Context, limit: int, as_json: bool, config_file: Path | None, state: str | None
-) -> None:
+def runs(ctx: click.Context, limit: int, as_json: bool, **params: Any) -> None:
     """List runs, newest first."""
     from ado_ray import api
 
-    rows = api.list_runs(config_file, _overrides(ctx, {"state": state}), limit)
+    rows = api.list_runs(_sources(ctx, params), limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -306,13 +306,11 @@ def runs(
 @store_options
 @click.pass_context
 @handle_errors
-def status(
-    ctx: click.Context, run_id: str, as_json: bool, config_file: Path | None, state: str | None
-) -> None:
+def status(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> None:
     """Counts per state and a table of the run's repositories."""
     from ado_ray import api
 
-    summary = api.summary(run_id, config_file, _overrides(ctx, {"state": state}))
+    summary = api.summary(run_id, _sources(ctx, params))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -339,22 +337,49 @@ def status(
 @store_options
 @click.pass_context
 @handle_errors
-def report(
-    ctx: click.Context,
-    run_id: str,
-    fmt: str,
-    output: Path | None,
-    config_file: Path | None,
-    state: str | None,
-) -> None:
+def report(ctx: click.Context, run_id: str, fmt: str, output: Path | None, **params: Any) -> None:
     """Write the run's report as Markdown, JSON or JUnit XML."""
     from ado_ray import api, reports
 
-    text = reports.FORMATS[fmt](api.summary(run_id, config_file, _overrides(ctx, {"state": state})))
+    text = reports.FORMATS[fmt](api.summary(run_id, _sources(ctx, params)))
     if output is None:
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+@main.group()
+def config() -> None:
+    """Show or check configuration."""
+
+
+@config.command("show")
+@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="JSON instead of YAML.")
+@store_options
+@click.pass_context
+@handle_errors
+def config_show(ctx: click.Context, as_json: bool, **params: Any) -> None:
+    """Print the resolved config (file < context < environment < flags), secrets masked."""
+    import yaml
+
+    from ado_ray import api
+
+    data = api.load_config(_sources(ctx, params)).masked()
+    click.echo(
+        json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False), nl=False
+    )
+
+
+@config.command("validate")
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@_opt("--context", env="ADO_CONTEXT", help="Also resolve this context.")
+@handle_errors
+def config_validate(config_file: Path, context: str | None) -> None:
+    """Check CONFIG_FILE: exit 0 if valid, else 2 with every problem."""
+    from ado_ray import api
+
+    api.load_config(api.ConfigSources(config_file, {}, context))
+    click.echo(f"{config_file}: valid" + (f" (context {context})" if context else ""))
 
 
 def _print_status(summary: dict[str, Any]) -> None:

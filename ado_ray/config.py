@@ -1,9 +1,14 @@
 """Configuration: pydantic models, the YAML file, `${ENV}` interpolation and flag overrides.
 
 Precedence, lowest first: built-in defaults < YAML file (`ado.yaml` in the working directory,
-or `--config`) < `ADO_*` environment variables < command-line flags. The CLI turns the
-last two into a nested dict of overrides (`build_config(..., overrides=...)`); everything is
-validated once, here. This is the only module that reads the environment for settings.
+or `--config`) < the selected context < `ADO_*` environment variables < command-line flags.
+The CLI turns the last two into a nested dict of overrides (`build_config(..., overrides=)`);
+everything is validated once, here. This is the only module that reads the environment for
+settings.
+
+A context is a named overlay of config keys, chosen with `--context NAME` / `ADO_CONTEXT`.
+Two are built in (`local`, `kubernetes` alias `k8s`); a file's `contexts:` may redefine
+them or add more.
 """
 
 from __future__ import annotations
@@ -18,8 +23,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ado_ray.errors import ConfigError
+from ado_ray.limits.config import LimiterSettings, LimitTable
+from ado_ray.redact import mask_url
 
 DEFAULT_CONFIG_FILE = "ado.yaml"
+BUILTIN_CONTEXTS: dict[str, dict[str, Any]] = {
+    "local": {},  # the embedded defaults: SQLite in .ado/, in-memory limits, local Ray
+    "kubernetes": {
+        "state": "${ADO_STATE_URL}",
+        "limiter": {"backend": "redis", "url": "${ADO_REDIS_URL}"},
+        "ray": {"address": "${ADO_RAY_ADDRESS}"},
+    },
+}
+CONTEXT_ALIASES = {"k8s": "kubernetes"}
 DEFAULT_ENV_ALLOW = ["PATH", "LANG", "LC_*", "TZ", "TERM", "TMPDIR", "USER", "LOGNAME"]
 
 
@@ -66,9 +82,13 @@ class Config(_Model):
     no_ray: bool = False
     max_attempts: int = Field(default=2, ge=1)  # for retryable failure classes
     interrupt_grace_s: float = Field(default=20.0, ge=0)
+    store_outage_limit_s: float = Field(default=300.0, gt=0)  # then the run stops, resumable
+    limit_wait_timeout_s: float | None = Field(default=None, gt=0)  # None: wait for limits
     agent: AgentSettings = Field(default_factory=AgentSettings)
     git: GitSettings = Field(default_factory=GitSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    limiter: LimiterSettings = Field(default_factory=LimiterSettings)
+    limits: LimitTable = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -89,6 +109,8 @@ class Config(_Model):
         data = self.model_dump(mode="json")
         data["agent"]["env"] = {key: "***" for key in data["agent"]["env"]}
         data["state"] = mask_url(self.state)
+        if self.limiter.url:
+            data["limiter"]["url"] = mask_url(self.limiter.url)
         return data
 
 
@@ -120,7 +142,14 @@ def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
     return value
 
 
-def load_yaml(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: found a {type(value).__name__}; expected a mapping")
+    return value
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping, not yet interpolated."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -135,7 +164,7 @@ def load_yaml(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: found a {type(data).__name__}; expected a mapping of keys")
-    return dict(interpolate(data, env, ""))
+    return data
 
 
 def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,17 +182,31 @@ def build_config(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    context: str | None = None,
 ) -> Config:
-    """Defaults < YAML < overrides (environment and flags, already merged by the CLI)."""
+    """Defaults < YAML < context < overrides (environment and flags, merged by the CLI)."""
     env = os.environ if env is None else env
     source = "defaults"
-    data: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
     if config_file is None:
         candidate = (cwd or Path.cwd()) / DEFAULT_CONFIG_FILE
         config_file = candidate if candidate.is_file() else None
     if config_file is not None:
-        data = load_yaml(config_file, env)
+        raw = load_yaml(config_file)
         source = str(config_file)
+    contexts = {
+        **BUILTIN_CONTEXTS,
+        **_mapping(raw.pop("contexts", None) or {}, f"{source}: contexts"),
+    }
+    data = interpolate(raw, env, "")
+    if context is not None:
+        name = CONTEXT_ALIASES.get(context, context)
+        if name not in contexts:
+            raise ConfigError(
+                f"unknown context '{context}'; expected one of: {', '.join(sorted(contexts))}"
+            )
+        overlay = _mapping(contexts[name], f"{source}: contexts.{name}")
+        data = deep_merge(data, interpolate(overlay, env, f"context {name}"))
     data = deep_merge(data, overrides or {})
     try:
         return Config.model_validate(data)
@@ -173,8 +216,3 @@ def build_config(
             for err in exc.errors()
         )
         raise ConfigError(f"{source}: {problems}") from exc
-
-
-def mask_url(url: str) -> str:
-    """`postgresql://user:secret@host/db` → `postgresql://user:***@host/db`."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)

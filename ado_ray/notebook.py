@@ -40,7 +40,7 @@ class Batch:
     ) -> None:
         agent = {key: settings.pop(key) for key in AGENT_SHORTCUTS if key in settings}
         overrides = deep_merge(settings, {"agent": agent}) if agent else settings
-        self.config: Config = api.load_config(config_file, overrides)
+        self.config: Config = api.load_config(api.ConfigSources(config_file, overrides))
         self._repos = repos
 
     def plan(self) -> list[RepoSpec]:
@@ -64,7 +64,7 @@ def load_runs(state: str = ".ado/state.db", limit: int = 1000) -> Any:
     """Past runs as a DataFrame: one row per run, a column per task state."""
     import pandas as pd
 
-    rows = api.list_runs(None, {"state": state}, limit)
+    rows = api.list_runs(api.ConfigSources(overrides={"state": state}), limit)
     frame = pd.DataFrame(
         [{k: v for k, v in row.items() if k != "counts"} | row["counts"] for row in rows]
     )
@@ -79,7 +79,7 @@ def load_tasks(run_id: str, state: str = ".ado/state.db") -> Any:
     """One run's tasks as a DataFrame (the same fields as `ado status --json`)."""
     import pandas as pd
 
-    return pd.DataFrame(api.summary(run_id, None, {"state": state})["tasks"])
+    return pd.DataFrame(api.summary(run_id, api.ConfigSources(overrides={"state": state}))["tasks"])
 
 
 __all__ = ["Batch", "load_runs", "load_tasks"]

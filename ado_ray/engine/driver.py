@@ -3,14 +3,14 @@
 It never keeps more than `--parallel` plus a small buffer of tasks in flight, collects
 outcomes as they finish and feeds the progress display. Ctrl-C (or SIGTERM) stops
 submission, gives running agents a grace period, and leaves every unfinished task
-resumable. With `no_ray` the same runner and task function run in this process.
+resumable. The same loop drives Ray actors or, with `no_ray`, the same runner and task
+function in this process (engine/backends.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import secrets
 import signal
@@ -18,7 +18,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +27,10 @@ from typing import Any
 
 from ado_ray.config import Config
 from ado_ray.engine import workspace as ws
+from ado_ray.engine.backends import Backend, LocalBackend, RayBackend, record_failure
 from ado_ray.engine.progress import Progress
-from ado_ray.engine.runner import AgentRunner
 from ado_ray.engine.task import RunContext, TaskSpec
-from ado_ray.errors import RunLockedError, UsageError, WorkspaceError
+from ado_ray.errors import RunLockedError, StoreError, UsageError, WorkspaceError
 from ado_ray.models import (
     SUCCESS_STATES,
     FailureClass,
@@ -40,7 +41,6 @@ from ado_ray.models import (
     TaskUpdate,
 )
 from ado_ray.store import RunRecord, Store, TaskRecord
-from ado_ray.store.sink import Sink
 
 LOCK_TTL_S = 30.0
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -173,6 +173,8 @@ def drive(
         prompt=prompt,
         dry_run=config.dry_run,
         max_attempts=config.max_attempts,
+        limits=dict(config.limits),
+        limit_wait_timeout_s=config.limit_wait_timeout_s,
     )
     with run_lock(store, run.run_id):
         store.set_run_status(run.run_id, RunStatus.RUNNING)
@@ -180,10 +182,10 @@ def drive(
         specs = task_specs(store, tasks)
         progress.start(run, tasks)
         url = state_url(config, cwd)
-        if config.no_ray:
-            interrupted = asyncio.run(_drive_local(ctx, specs, url, config, store, progress))
-        else:
-            interrupted = _drive_ray(ctx, specs, url, config, store, progress)
+        backend: Backend = (
+            LocalBackend(ctx, url, config) if config.no_ray else RayBackend(ctx, url, config)
+        )
+        interrupted = _run_to_completion(_loop(backend, ctx, specs, config, store, progress))
         store.set_run_status(
             run.run_id, RunStatus.INTERRUPTED if interrupted else RunStatus.FINISHED
         )
@@ -192,186 +194,127 @@ def drive(
         return BatchResult(store.get_run(run.run_id), final, interrupted)
 
 
-# --- in-process ----------------------------------------------------------------------------
+def _run_to_completion(coro: Coroutine[Any, Any, bool]) -> bool:
+    """`asyncio.run`, also from a thread that already runs a loop (a Jupyter kernel)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="ado-driver") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
-async def _drive_local(
+async def _loop(
+    backend: Backend,
     ctx: RunContext,
     specs: list[TaskSpec],
-    url: str,
     config: Config,
     store: Store,
     progress: Progress,
 ) -> bool:
-    sink = Sink(url)
-    runner = AgentRunner(ctx, sink, slots=config.parallel, name="ado-runner-local")
-    interrupted = asyncio.Event()
+    """Submit with a bound, collect outcomes, watch health; True if the run was interrupted.
+
+    SIGINT/SIGTERM stop submission and give running agents `interrupt_grace_s`. A store
+    that stays unreachable beyond `store_outage_limit_s` stops the run the same way and
+    raises `StoreError` at the end: every task is left resumable.
+    """
     loop = asyncio.get_running_loop()
-    draining: list[asyncio.Task[int]] = []
+    stop = asyncio.Event()
+    health = Health(progress)
 
-    def on_signal() -> None:
-        if not interrupted.is_set():
-            interrupted.set()
+    def interrupt(reason: str) -> None:
+        if not stop.is_set():
+            stop.set()
             progress.note(
-                f"interrupted: letting running agents finish (up to {config.interrupt_grace_s:g}s)"
+                f"{reason}: letting running agents finish (up to {config.interrupt_grace_s:g}s)"
             )
-            draining.append(loop.create_task(runner.drain(config.interrupt_grace_s)))
+            draining.append(loop.create_task(backend.drain(config.interrupt_grace_s)))
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    draining: list[asyncio.Task[None]] = []
+    signals = _handle_signals(loop, interrupt)
     pending = list(reversed(specs))
     inflight: dict[asyncio.Future[TaskOutcome], TaskSpec] = {}
-    last_poll = 0.0
+    limit = config.parallel + (0 if config.no_ray else max(2, config.parallel // 10))
     try:
-        while inflight or (pending and not interrupted.is_set()):
-            while pending and len(inflight) < config.parallel and not interrupted.is_set():
+        await backend.start()
+        while inflight or (pending and not stop.is_set()):
+            while pending and len(inflight) < limit and not stop.is_set():
                 spec = pending.pop()
-                inflight[asyncio.ensure_future(runner.run(spec))] = spec
+                inflight[asyncio.ensure_future(backend.submit(spec))] = spec
                 progress.task_started(spec)
-            done, _ = await asyncio.wait(inflight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(inflight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
-                del inflight[future]
-                progress.task_done(future.result())
-            if time.monotonic() - last_poll > 1.0:
-                last_poll = time.monotonic()
-                progress.update(store.get_run(ctx.run_id).counts)
+                spec = inflight.pop(future)
+                progress.task_done(await _outcome(backend, future, spec))
+            if await health.check(backend, store, ctx.run_id):
+                interrupt("the state store is unreachable")
+        await asyncio.gather(*draining)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
-        await sink.close()
-    return interrupted.is_set()
+        await backend.close()
+    if health.store_gave_up:
+        raise StoreError(
+            f"the state store was unreachable for more than {config.store_outage_limit_s:g}s, "
+            f"so the run stopped; once it is back, continue with: ado resume {ctx.run_id}"
+        )
+    return stop.is_set()
 
 
-# --- Ray -----------------------------------------------------------------------------------
+def _handle_signals(loop: asyncio.AbstractEventLoop, interrupt: Callable[[str], None]) -> list[int]:
+    """Ctrl-C and SIGTERM interrupt the run; only possible in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt, "interrupted")
+    return [signal.SIGINT, signal.SIGTERM]
 
 
-def _drive_ray(
-    ctx: RunContext,
-    specs: list[TaskSpec],
-    url: str,
-    config: Config,
-    store: Store,
-    progress: Progress,
-) -> bool:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    started = _init_ray(config)
-    namespace = config.ray.namespace
-    suffix = ctx.run_id
-    # Ray's stubs do not know an actor class's methods; handles are typed Any here.
-    sink_class: Any = ray.remote(Sink)
-    runner_class: Any = ray.remote(AgentRunner)
-    sink = sink_class.options(
-        name=f"ado-sink-{suffix}",
-        namespace=namespace,
-        num_cpus=0,
-        # The sink writes the SQLite file on this machine: keep it here.
-        scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=False
-        ),
-    ).remote(url)
-    slots = runner_slots(config.parallel, config.ray.slots_per_runner)
-    buffer = max(2, config.parallel // 10)
-    runners = [
-        runner_class.options(
-            name=f"ado-runner-{suffix}-{i}",
-            namespace=namespace,
-            num_cpus=config.ray.runner_num_cpus,
-            max_concurrency=n + buffer + 4,
-        ).remote(ctx, sink, n, f"ado-runner-{suffix}-{i}")
-        for i, n in enumerate(slots)
-    ]
-    ray.get([r.ready.remote() for r in runners])
-    pending = list(reversed(specs))
-    inflight: dict[Any, tuple[int, TaskSpec]] = {}
-    load = [0] * len(runners)
-    interrupted = False
-    last_poll = 0.0
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+async def _outcome(
+    backend: Backend, future: asyncio.Future[TaskOutcome], spec: TaskSpec
+) -> TaskOutcome:
+    """A finished task's outcome; an exception escaping the runner fails the task (infra)."""
     try:
-        try:
-            while pending or inflight:
-                while pending and len(inflight) < config.parallel + buffer:
-                    spec = pending.pop()
-                    i = min(range(len(runners)), key=lambda k: load[k] - slots[k])
-                    ref = runners[i].run.options(name=f"ado:{spec.repo.name}").remote(spec)
-                    inflight[ref] = (i, spec)
-                    load[i] += 1
-                    progress.task_started(spec)
-                ready, rest = ray.wait(list(inflight), num_returns=1, timeout=0.5)
-                if ready and rest:
-                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-                for ref in ready:
-                    i, spec = inflight.pop(ref)
-                    load[i] -= 1
-                    progress.task_done(_outcome(ray, ref, spec, sink))
-                if time.monotonic() - last_poll > 1.0:
-                    last_poll = time.monotonic()
-                    progress.update(store.get_run(ctx.run_id).counts)
-        except KeyboardInterrupt:
-            interrupted = True
-            progress.note(
-                f"interrupted: letting running agents finish (up to {config.interrupt_grace_s:g}s)"
-            )
-            ray.get([r.drain.remote(config.interrupt_grace_s) for r in runners])
-            for ref, (_, spec) in inflight.items():
-                progress.task_done(_outcome(ray, ref, spec, sink))
-        ray.get(sink.close.remote())
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for actor in [*runners, sink]:
-            ray.kill(actor)
-        if started:
-            ray.shutdown()
-    return interrupted
-
-
-def _outcome(ray: Any, ref: Any, spec: TaskSpec, sink: Any) -> TaskOutcome:
-    """A task's outcome; a runner that died mid-task fails the task as infrastructure."""
-    try:
-        outcome: TaskOutcome = ray.get(ref)
-        return outcome
-    except ray.exceptions.RayError as exc:
-        message = f"runner lost: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return future.result()
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
         update = TaskUpdate(
             spec.task_id, TaskState.FAILED, failure_class=FailureClass.INFRA, error=message
         )
-        ray.get(sink.submit.remote([update], True))
-        return TaskOutcome(
-            spec.task_id,
-            spec.repo.key,
-            TaskState.FAILED,
-            failure_class=FailureClass.INFRA,
-            error=message,
-        )
+        return await record_failure(backend, update, spec)
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class Health:
+    """About once a second: counts from the store, and whether the store and the limiter
+    answer. Outages are shown, not fatal; only a store outage beyond the sink's limit
+    stops the run."""
 
+    def __init__(self, progress: Progress, every_s: float = 1.0) -> None:
+        self.progress = progress
+        self.every_s = every_s
+        self.last = 0.0
+        self.store_gave_up = False
+        self.shown: dict[str, float | None] = {"store": None, "limiter": None}
 
-def runner_slots(parallel: int, per_runner: int) -> list[int]:
-    """Split `parallel` agent slots over as few runners as `per_runner` allows, evenly."""
-    count = -(-parallel // per_runner)
-    base, extra = divmod(parallel, count)
-    return [base + (1 if i < extra else 0) for i in range(count)]
+    async def check(self, backend: Backend, store: Store, run_id: str) -> bool:
+        if time.monotonic() - self.last < self.every_s:
+            return False
+        self.last = time.monotonic()
+        with contextlib.suppress(StoreError):  # the sink's status tells the user about it
+            self.progress.update(await asyncio.to_thread(lambda: store.get_run(run_id).counts))
+        sink = await backend.sink_status()
+        self._show("store", sink["failing_since"], sink["last_error"])
+        limiter = await backend.limiter_status()
+        self._show("limiter", limiter.get("unavailable_since"), limiter.get("last_error"))
+        self.store_gave_up = bool(sink["gave_up"])
+        return self.store_gave_up
 
-
-def _init_ray(config: Config) -> bool:
-    """Join the configured cluster or start a local instance; True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict[str, Any] = {
-        "namespace": config.ray.namespace,
-        "log_to_driver": False,
-        "logging_level": logging.WARNING,
-    }
-    if config.ray.address:
-        ray.init(address=config.ray.address, **kwargs)
-    else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=config.ray.dashboard, **kwargs)
-    return True
+    def _show(self, what: str, since: float | None, error: str | None) -> None:
+        if since == self.shown[what]:
+            return
+        self.shown[what] = since
+        if since is None:
+            self.progress.note(f"the {what} answers again")
+        else:
+            when = datetime.fromtimestamp(since, UTC).strftime("%H:%M:%S")
+            self.progress.note(f"the {what} is unreachable since {when} UTC ({error}); retrying")

@@ -15,6 +15,7 @@ from typing import Any
 
 from ado_ray.agents import make_agent
 from ado_ray.engine.task import Emit, RunContext, TaskSpec, execute
+from ado_ray.limits.actor import LimiterClient
 from ado_ray.models import Event, TaskOutcome, TaskState, TaskUpdate
 
 INTERRUPTED = "interrupted; `ado resume` continues it from its last checkpoint"
@@ -37,10 +38,13 @@ def sink_emitter(sink: Any) -> Emit:
 
 
 class AgentRunner:
-    def __init__(self, ctx: RunContext, sink: Any, slots: int, name: str) -> None:
+    def __init__(
+        self, ctx: RunContext, sink: Any, slots: int, name: str, limiter: LimiterClient
+    ) -> None:
         self.ctx = ctx
         self.name = name
         self.agent = make_agent(ctx.agent)
+        self.limiter = limiter
         self._emit = sink_emitter(sink)
         self._slots = asyncio.Semaphore(slots)
         self._active: dict[str, asyncio.Future[TaskOutcome]] = {}
@@ -54,7 +58,7 @@ class AgentRunner:
             if self._draining:
                 return TaskOutcome(spec.task_id, spec.repo.key, TaskState.QUEUED, error=INTERRUPTED)
             inner = asyncio.ensure_future(
-                execute(self.ctx, spec, self.agent, self._emit, self.name)
+                execute(self.ctx, spec, self.agent, self._emit, self.name, self.limiter)
             )
             self._active[spec.task_id] = inner
             try:

@@ -29,10 +29,14 @@ from ado_ray.config import AgentSettings, GitSettings
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.process import build_env, run_supervised
 from ado_ray.errors import AgentError, WorkspaceError
+from ado_ray.limits.actor import LimiterClient
+from ado_ray.limits.base import LimitSpec, LimitTimeout
+from ado_ray.limits.config import route
 from ado_ray.models import (
     CheckpointEvent,
     Event,
     FailureClass,
+    ProcessExit,
     RepoSpec,
     SessionEvent,
     Step,
@@ -58,6 +62,8 @@ class RunContext:
     prompt: str | None
     dry_run: bool
     max_attempts: int
+    limits: dict[str, LimitSpec] = field(default_factory=dict)
+    limit_wait_timeout_s: float | None = None
 
     @property
     def cache_root(self) -> Path:
@@ -80,256 +86,266 @@ class TaskFailed(Exception):
         self.failure_class = failure_class
 
 
+MAX_RATE_LIMITED = 20  # provider limits one task may hit before it fails as rate_limited
+
+
 async def execute(
-    ctx: RunContext, spec: TaskSpec, agent: Agent, emit: Emit, owner: str
+    ctx: RunContext, spec: TaskSpec, agent: Agent, emit: Emit, owner: str, limiter: LimiterClient
 ) -> TaskOutcome:
-    """Run one task to a terminal state; the per-repository failure boundary."""
-    attempt = spec.attempt
+    """Run one task to a terminal state; the per-repository failure boundary.
+
+    A retryable failure starts over from the checkpoints reached. A provider's rate limit
+    is not the task's failure and uses up no attempt: the limiter holds the task back
+    until the limit resets.
+    """
     checkpoints = dict(spec.checkpoints)
+    tries = failures = 0
     while True:
+        run = _Run(ctx, spec, agent, emit, owner, limiter, attempt=spec.attempt + tries + 1)
         try:
-            return await _pipeline(ctx, spec, agent, emit, owner, attempt, checkpoints)
+            return await run.pipeline(checkpoints)
         except TaskFailed as failure:
             cls, message = failure.failure_class, str(failure)
         except Exception as exc:  # the one broad catch: isolate this repository
             cls, message = FailureClass.INFRA, f"{type(exc).__name__}: {exc}"
-        attempt += 1
-        if not cls.retryable or attempt >= ctx.max_attempts or Step.AGENT_DONE in checkpoints:
-            await emit(
-                [TaskUpdate(spec.task_id, TaskState.FAILED, failure_class=cls, error=message)],
-                True,
-            )
+        tries += 1
+        if cls is not FailureClass.RATE_LIMITED or tries > MAX_RATE_LIMITED:
+            failures += 1
+        if not cls.retryable or failures >= ctx.max_attempts or Step.AGENT_DONE in checkpoints:
+            failed = TaskUpdate(spec.task_id, TaskState.FAILED, failure_class=cls, error=message)
+            await emit([failed], True)
             return TaskOutcome(
                 spec.task_id, spec.repo.key, TaskState.FAILED, failure_class=cls, error=message
             )
 
 
-async def _pipeline(
-    ctx: RunContext,
-    spec: TaskSpec,
-    agent: Agent,
-    emit: Emit,
-    owner: str,
-    attempt: int,
-    checkpoints: dict[Step, dict[str, Any]],
-) -> TaskOutcome:
-    task_id, repo = spec.task_id, spec.repo
-    task_dir = ws.task_dir(ctx.work_root, ctx.run_id, task_id)
-    repo_path = task_dir / "repo"
+class _Run:
+    """One attempt at a task, from the checkpoints it has reached to a terminal state."""
 
-    if Step.AGENT_DONE not in checkpoints:
-        await emit(
-            [
-                TaskUpdate(
-                    task_id,
-                    TaskState.PREPARING,
-                    workspace=str(task_dir),
-                    lease_owner=owner,
-                    clear_failure=True,
-                )
-            ],
-            False,
-        )
-        base_sha = await _prepare(ctx, repo, task_dir, repo_path, checkpoints.get(Step.PREPARED))
-        checkpoints[Step.PREPARED] = {"base_sha": base_sha}
-        await emit(
-            [
-                CheckpointEvent(task_id, Step.PREPARED, checkpoints[Step.PREPARED]),
-                TaskUpdate(task_id, TaskState.RUNNING, base_sha=base_sha, attempt=attempt + 1),
-            ],
-            False,
-        )
-        checkpoints[Step.AGENT_DONE] = await _run_agent(
-            ctx, spec, agent, emit, task_dir, repo_path, attempt + 1
-        )
-        await emit([CheckpointEvent(task_id, Step.AGENT_DONE, checkpoints[Step.AGENT_DONE])], True)
-    base_sha = checkpoints[Step.PREPARED]["base_sha"]
+    def __init__(
+        self,
+        ctx: RunContext,
+        spec: TaskSpec,
+        agent: Agent,
+        emit: Emit,
+        owner: str,
+        limiter: LimiterClient,
+        attempt: int,
+    ) -> None:
+        self.ctx, self.spec, self.agent, self.emit = ctx, spec, agent, emit
+        self.owner, self.limiter, self.attempt = owner, limiter, attempt
+        self.task_id, self.repo = spec.task_id, spec.repo
+        self.task_dir = ws.task_dir(ctx.work_root, ctx.run_id, spec.task_id)
+        self.repo_path = self.task_dir / "repo"
 
-    if Step.COMMITTED not in checkpoints:
-        await emit([TaskUpdate(task_id, TaskState.COLLECTING, lease_owner=owner)], False)
-        if not repo_path.is_dir():
-            raise TaskFailed(
-                FailureClass.INFRA,
-                f"the agent finished but its workspace {repo_path} is gone; "
-                "resume on the node that ran it, or re-run the task",
+    async def update(self, state: TaskState, durable: bool = False, **fields: Any) -> None:
+        await self.emit([TaskUpdate(self.task_id, state, **fields)], durable)
+
+    async def checkpoint(self, step: Step, data: dict[str, Any], durable: bool) -> None:
+        await self.emit([CheckpointEvent(self.task_id, step, data)], durable)
+
+    async def pipeline(self, checkpoints: dict[Step, dict[str, Any]]) -> TaskOutcome:
+        ctx = self.ctx
+        if Step.AGENT_DONE not in checkpoints:
+            await self.update(
+                TaskState.PREPARING,
+                workspace=str(self.task_dir),
+                lease_owner=self.owner,
+                clear_failure=True,
             )
-        commit_sha = await asyncio.to_thread(_commit, ctx, repo, repo_path, base_sha)
-        checkpoints[Step.COMMITTED] = {
-            "branch": ctx.branch if commit_sha else None,
-            "commit_sha": commit_sha,
-        }
-        await emit([CheckpointEvent(task_id, Step.COMMITTED, checkpoints[Step.COMMITTED])], True)
-    commit_sha = checkpoints[Step.COMMITTED]["commit_sha"]
+            base_sha = await self.prepare(checkpoints.get(Step.PREPARED))
+            checkpoints[Step.PREPARED] = {"base_sha": base_sha}
+            await self.checkpoint(Step.PREPARED, checkpoints[Step.PREPARED], durable=False)
+            await self.update(TaskState.PREPARING, base_sha=base_sha)
+            checkpoints[Step.AGENT_DONE] = await self.run_agent()
+            await self.checkpoint(Step.AGENT_DONE, checkpoints[Step.AGENT_DONE], durable=True)
+        base_sha = checkpoints[Step.PREPARED]["base_sha"]
 
-    if commit_sha is None:
-        await emit([TaskUpdate(task_id, TaskState.NO_CHANGE)], True)
-        return TaskOutcome(task_id, repo.key, TaskState.NO_CHANGE)
+        if Step.COMMITTED not in checkpoints:
+            await self.update(TaskState.COLLECTING, lease_owner=self.owner)
+            if not self.repo_path.is_dir():
+                raise TaskFailed(
+                    FailureClass.INFRA,
+                    f"the agent finished but its workspace {self.repo_path} is gone; "
+                    "resume on the node that ran it, or re-run the task",
+                )
+            commit_sha = await asyncio.to_thread(self.commit, base_sha)
+            checkpoints[Step.COMMITTED] = {
+                "branch": ctx.branch if commit_sha else None,
+                "commit_sha": commit_sha,
+            }
+            await self.checkpoint(Step.COMMITTED, checkpoints[Step.COMMITTED], durable=True)
+        commit_sha = checkpoints[Step.COMMITTED]["commit_sha"]
 
-    pushed_to = None
-    if not ctx.dry_run:
-        await emit([TaskUpdate(task_id, TaskState.PUBLISHING, lease_owner=owner)], False)
+        if commit_sha is None:
+            await self.update(TaskState.NO_CHANGE, durable=True)
+            return TaskOutcome(self.task_id, self.repo.key, TaskState.NO_CHANGE)
+        pushed_to = None
+        if not ctx.dry_run:
+            await self.update(TaskState.PUBLISHING, lease_owner=self.owner)
+            try:
+                result = await asyncio.to_thread(
+                    ws.push_branch, self.repo_path, self.repo.url, commit_sha, ctx.branch
+                )
+            except WorkspaceError as exc:
+                raise TaskFailed(FailureClass.FORGE, str(exc)) from exc
+            pushed_to = self.repo.url
+            await self.checkpoint(
+                Step.PUBLISHED, {"url": pushed_to, "result": result}, durable=False
+            )
+        await self.update(TaskState.CHANGED, durable=True, branch=ctx.branch, commit_sha=commit_sha)
+        return TaskOutcome(
+            self.task_id,
+            self.repo.key,
+            TaskState.CHANGED,
+            branch=ctx.branch,
+            commit_sha=commit_sha,
+            pushed_to=pushed_to,
+        )
+
+    async def prepare(self, prepared: dict[str, Any] | None) -> str:
+        """A fresh checkout at the base commit (the one recorded before, on a retry or resume)."""
+        self.task_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(kill_stale_agent, self.task_dir)
         try:
-            result = await asyncio.to_thread(
-                ws.push_branch, repo_path, repo.url, commit_sha, ctx.branch
+            mirror = await asyncio.to_thread(ws.ensure_mirror, self.ctx.cache_root, self.repo.url)
+        except WorkspaceError as exc:
+            raise TaskFailed(FailureClass.INFRA, str(exc)) from exc
+        try:
+            base_sha = (
+                prepared["base_sha"]
+                if prepared
+                else await asyncio.to_thread(ws.resolve_ref, mirror, self.repo.ref)
             )
         except WorkspaceError as exc:
-            raise TaskFailed(FailureClass.FORGE, str(exc)) from exc
-        pushed_to = repo.url
-        await emit(
-            [CheckpointEvent(task_id, Step.PUBLISHED, {"url": pushed_to, "result": result})], False
-        )
-    await emit(
-        [TaskUpdate(task_id, TaskState.CHANGED, branch=ctx.branch, commit_sha=commit_sha)], True
-    )
-    return TaskOutcome(
-        task_id,
-        repo.key,
-        TaskState.CHANGED,
-        branch=ctx.branch,
-        commit_sha=commit_sha,
-        pushed_to=pushed_to,
-    )
+            raise TaskFailed(FailureClass.INPUT, str(exc)) from exc
+        await asyncio.to_thread(ws.create_checkout, mirror, self.repo_path, base_sha)
+        return str(base_sha)
 
-
-async def _prepare(
-    ctx: RunContext,
-    repo: RepoSpec,
-    task_dir: Path,
-    repo_path: Path,
-    prepared: dict[str, Any] | None,
-) -> str:
-    """A fresh checkout at the base commit (the one recorded before, on a retry or resume)."""
-    task_dir.mkdir(parents=True, exist_ok=True)
-    kill_stale_agent(task_dir)
-    try:
-        mirror = await asyncio.to_thread(ws.ensure_mirror, ctx.cache_root, repo.url)
-    except WorkspaceError as exc:
-        raise TaskFailed(FailureClass.INFRA, str(exc)) from exc
-    try:
-        base_sha = (
-            prepared["base_sha"]
-            if prepared
-            else await asyncio.to_thread(ws.resolve_ref, mirror, repo.ref)
+    async def run_agent(self) -> dict[str, Any]:
+        """Wait for the agent's limits, run it once; return the `agent_done` data."""
+        key, spec = route(self.ctx.limits, self.agent.limit_key)
+        try:
+            async with self.limiter.hold(
+                key, spec, timeout_s=self.ctx.limit_wait_timeout_s
+            ) as held:
+                await self.update(TaskState.RUNNING, attempt=self.attempt)
+                actx, exit = await self.supervise()
+                result = self.agent.parse(actx, exit)
+                if spec.tokens:
+                    await held.reconcile(result.input_tokens + result.output_tokens)
+        except LimitTimeout as exc:
+            raise TaskFailed(FailureClass.RATE_LIMITED, str(exc)) from exc
+        if result.limited_until is not None:
+            await self.limiter.report_limited(key, result.limited_until)
+        usage = {
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "cost_usd": result.cost_usd,
+            "limit_wait_s": round(held.grant_wait_s, 3),
+        }
+        outcome = (
+            "timeout"
+            if exit.timed_out
+            else "stalled"
+            if exit.stalled
+            else "ok"
+            if result.ok
+            else "failed"
         )
-    except WorkspaceError as exc:
-        raise TaskFailed(FailureClass.INPUT, str(exc)) from exc
-    await asyncio.to_thread(ws.create_checkout, mirror, repo_path, base_sha)
-    return str(base_sha)
-
-
-async def _run_agent(
-    ctx: RunContext,
-    spec: TaskSpec,
-    agent: Agent,
-    emit: Emit,
-    task_dir: Path,
-    repo_path: Path,
-    attempt: int,
-) -> dict[str, Any]:
-    """Run the agent once; return the `agent_done` data, or raise TaskFailed."""
-    home = task_dir / "home"
-    home.mkdir(exist_ok=True)
-    prompt_file = None
-    if ctx.prompt is not None:
-        prompt_file = task_dir / "prompt.md"
-        prompt_file.write_text(ctx.prompt, encoding="utf-8")
-    actx = AgentContext(
-        run_id=ctx.run_id,
-        task_id=spec.task_id,
-        repo=spec.repo,
-        repo_path=repo_path,
-        task_dir=task_dir,
-        home=home,
-        prompt_file=prompt_file,
-        resume_session=None,
-    )
-    invocation = agent.invocation(actx)
-    env = build_env(ctx.agent.env_allow, {"HOME": str(home), **ctx.agent.env, **invocation.env})
-    logs = task_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    stdout_path, stderr_path = (
-        logs / f"attempt-{attempt}.stdout.log",
-        logs / f"attempt-{attempt}.stderr.log",
-    )
-    try:
-        exit = await run_supervised(
-            invocation.argv,
-            cwd=repo_path,
-            env=env,
-            stdout_path=stdout_path,
-            stderr_path=stderr_path,
-            timeout_s=ctx.agent.timeout_s,
-            stall_timeout_s=ctx.agent.stall_timeout_s,
-            kill_grace_s=ctx.agent.kill_grace_s,
-            on_start=lambda pid: _write_pidfile(task_dir, pid),
-        )
-    except AgentError as exc:
-        raise TaskFailed(FailureClass.INPUT, str(exc)) from exc
-    finally:
-        (task_dir / PIDFILE).unlink(missing_ok=True)
-    result = agent.parse(actx, exit)
-    if exit.timed_out or exit.stalled:
-        outcome = "timeout" if exit.timed_out else "stalled"
-    else:
-        outcome = "ok" if result.ok else "failed"
-    usage = {
-        "input_tokens": result.input_tokens,
-        "output_tokens": result.output_tokens,
-        "cost_usd": result.cost_usd,
-    }
-    events: list[Event] = [
-        SessionEvent(
-            spec.task_id,
-            attempt,
-            agent.name,
-            result.session_id,
-            exit.returncode,
-            exit.duration_s,
-            str(stdout_path),
-            usage,
-            outcome,
-        )
-    ]
-    if result.input_tokens or result.output_tokens or result.cost_usd:
-        events.append(
-            UsageEvent(
-                spec.task_id,
-                attempt,
-                agent.limit_key,
-                result.input_tokens,
-                result.output_tokens,
-                result.cost_usd,
+        events: list[Event] = [
+            SessionEvent(
+                self.task_id,
+                self.attempt,
+                self.agent.name,
+                result.session_id,
+                exit.returncode,
+                exit.duration_s,
+                exit.stdout_path,
+                usage,
+                outcome,
             )
-        )
-    await emit(events, False)
-    if exit.timed_out:
-        raise TaskFailed(
-            FailureClass.TIMEOUT,
-            f"the agent ran longer than {ctx.agent.timeout_s:g}s and was killed",
-        )
-    if exit.stalled:
-        raise TaskFailed(
-            FailureClass.TIMEOUT,
-            f"the agent printed nothing for {ctx.agent.stall_timeout_s:g}s "
-            "and was killed (stall timeout)",
-        )
-    if not result.ok:
-        raise TaskFailed(
-            result.failure_class or FailureClass.AGENT, result.message or "the agent failed"
-        )
-    return {"session_id": result.session_id, "exit_code": exit.returncode, "usage": usage}
+        ]
+        if result.input_tokens or result.output_tokens or result.cost_usd:
+            events.append(
+                UsageEvent(
+                    self.task_id,
+                    self.attempt,
+                    key,
+                    result.input_tokens,
+                    result.output_tokens,
+                    result.cost_usd,
+                )
+            )
+        await self.emit(events, False)
+        if exit.timed_out:
+            raise TaskFailed(
+                FailureClass.TIMEOUT,
+                f"the agent ran longer than {self.ctx.agent.timeout_s:g}s and was killed",
+            )
+        if exit.stalled:
+            raise TaskFailed(
+                FailureClass.TIMEOUT,
+                f"the agent printed nothing for {self.ctx.agent.stall_timeout_s:g}s "
+                "and was killed (stall timeout)",
+            )
+        if not result.ok:
+            raise TaskFailed(
+                result.failure_class or FailureClass.AGENT, result.message or "the agent failed"
+            )
+        return {"session_id": result.session_id, "exit_code": exit.returncode, "usage": usage}
 
+    async def supervise(self) -> tuple[AgentContext, ProcessExit]:
+        """Start the agent in the checkout with its own HOME and allow-listed environment."""
+        ctx, task_dir = self.ctx, self.task_dir
+        home = task_dir / "home"
+        home.mkdir(exist_ok=True)
+        prompt_file = None
+        if ctx.prompt is not None:
+            prompt_file = task_dir / "prompt.md"
+            prompt_file.write_text(ctx.prompt, encoding="utf-8")
+        actx = AgentContext(
+            run_id=ctx.run_id,
+            task_id=self.task_id,
+            repo=self.repo,
+            repo_path=self.repo_path,
+            task_dir=task_dir,
+            home=home,
+            prompt_file=prompt_file,
+        )
+        invocation = self.agent.invocation(actx)
+        env = build_env(ctx.agent.env_allow, {"HOME": str(home), **ctx.agent.env, **invocation.env})
+        logs = task_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        try:
+            exit = await run_supervised(
+                invocation.argv,
+                cwd=self.repo_path,
+                env=env,
+                stdout_path=logs / f"attempt-{self.attempt}.stdout.log",
+                stderr_path=logs / f"attempt-{self.attempt}.stderr.log",
+                timeout_s=ctx.agent.timeout_s,
+                stall_timeout_s=ctx.agent.stall_timeout_s,
+                kill_grace_s=ctx.agent.kill_grace_s,
+                on_start=lambda pid: _write_pidfile(task_dir, pid),
+            )
+        except AgentError as exc:
+            raise TaskFailed(FailureClass.INPUT, str(exc)) from exc
+        finally:
+            (task_dir / PIDFILE).unlink(missing_ok=True)
+        return actx, exit
 
-def _commit(ctx: RunContext, repo: RepoSpec, repo_path: Path, base_sha: str) -> str | None:
-    existing = ws.existing_commit(repo_path, base_sha, ctx.branch)
-    if existing:
-        return existing
-    message = ctx.git.message.format(
-        run_name=ctx.run_name, run_id=ctx.run_id, repo_name=repo.name, branch=ctx.branch
-    )
-    return ws.commit_changes(
-        repo_path, base_sha, ctx.branch, message, ctx.git.author_name, ctx.git.author_email
-    )
+    def commit(self, base_sha: str) -> str | None:
+        ctx = self.ctx
+        existing = ws.existing_commit(self.repo_path, base_sha, ctx.branch)
+        if existing:
+            return existing
+        message = ctx.git.message.format(
+            run_name=ctx.run_name, run_id=ctx.run_id, repo_name=self.repo.name, branch=ctx.branch
+        )
+        return ws.commit_changes(
+            self.repo_path, base_sha, ctx.branch, message, ctx.git.author_name, ctx.git.author_email
+        )
 
 
 # --- stale agents ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Rate limits shared by every agent of a run: the `Limiter` protocol and its backends.
 
 `memory` keeps limits inside one process (the default, nothing to install); `redis` shares
-them between processes and machines. Both pass the same test suite.
+them between processes and machines. Both pass the same test suite. A run reaches them
+through the `ado-rate-limiter` actor (`actor.py`), configured by `config.py`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,14 @@ from __future__ import annotations
 import importlib
 
 from ado_ray.errors import ConfigError
+from ado_ray.limits.actor import (
+    ACTOR_NAME,
+    Hold,
+    LimiterClient,
+    RateLimiterService,
+    limiter_actor,
+    stop_limiter_actor,
+)
 from ado_ray.limits.base import (
     AcquirePolicy,
     Denied,
@@ -20,6 +29,7 @@ from ado_ray.limits.base import (
     Window,
     parse_window,
 )
+from ado_ray.limits.config import LimiterSettings, LimitTable, default_key, route
 
 BACKENDS = {
     "memory": "ado_ray.limits.memory:MemoryLimiter",
@@ -27,17 +37,27 @@ BACKENDS = {
 }
 
 __all__ = [
+    "ACTOR_NAME",
     "BACKENDS",
     "AcquirePolicy",
     "Denied",
     "Grant",
+    "Hold",
     "LimitSpec",
+    "LimitTable",
     "LimitTimeout",
     "Limiter",
+    "LimiterClient",
+    "LimiterSettings",
     "LimiterUnavailable",
+    "RateLimiterService",
     "Window",
+    "default_key",
+    "limiter_actor",
     "open_limiter",
     "parse_window",
+    "route",
+    "stop_limiter_actor",
 ]
 
 

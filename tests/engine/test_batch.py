@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ado_ray import api
-from ado_ray.engine.driver import runner_slots
+from ado_ray.engine.backends import runner_slots
 from ado_ray.engine.progress import LineProgress
 from ado_ray.models import TaskOutcome
 from tests.conftest import git
@@ -40,7 +40,7 @@ def run(
         **overrides,
     }
     settings["agent"] = {"cmd": cmd, **overrides.get("agent", {})}
-    return api.start(repo_list, None, settings, io.StringIO())
+    return api.start(repo_list, api.ConfigSources(overrides=settings), io.StringIO())
 
 
 def branch_commits(repo: Path, branch: str) -> list[str]:
@@ -241,7 +241,9 @@ def test_parallel_bounds_agents_running_at_once_and_runner_count(
         "agent": {"cmd": script("c", CONCURRENCY) + f" {log}"},
         "ray": {"slots_per_runner": 2},
     }
-    result = api.start(repo_list, None, settings, io.StringIO(), progress=Spy(io.StringIO()))
+    result = api.start(
+        repo_list, api.ConfigSources(overrides=settings), io.StringIO(), progress=Spy(io.StringIO())
+    )
     assert result.counts == {"changed": 12}
     running = peak = 0
     events = sorted(
@@ -289,12 +291,9 @@ def test_resume_of_a_finished_run_runs_nothing_again(
     )
     first = run(tmp_path, [make_repo("a"), make_repo("b")], agent)
     assert first.counts == {"changed": 2}
-    again = api.resume(
-        first.run.run_id,
-        None,
-        {"state": str(tmp_path / "state.db"), "work_root": str(tmp_path / "work")},
-        False,
-        io.StringIO(),
+    sources = api.ConfigSources(
+        overrides={"state": str(tmp_path / "state.db"), "work_root": str(tmp_path / "work")}
     )
+    again = api.resume(first.run.run_id, sources, False, io.StringIO())
     assert again.counts == {"changed": 2} and again.exit_code == 0
     assert counter.read_text().count("run") == 2
