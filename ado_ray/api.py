@@ -16,14 +16,18 @@ from typing import IO, Any
 from ado_ray import reports
 from ado_ray.agents import make_agent
 from ado_ray.config import Config, build_config, deep_merge
-from ado_ray.engine.driver import BatchResult, drive, new_run, state_url
+from ado_ray.engine.backends import init_ray
+from ado_ray.engine.driver import BatchResult, drive, new_run, run_sync, state_url
 from ado_ray.engine.progress import Progress, make_progress
-from ado_ray.errors import UsageError
+from ado_ray.errors import ServiceUnavailableError, StoreError, UsageError
+from ado_ray.limits.actor import LimiterClient, RateLimiterService
+from ado_ray.limits.base import LimiterUnavailable, LimitSpec
 from ado_ray.models import RepoSpec, TaskState
 from ado_ray.repos import format_repo_line, parse_repo_list
 from ado_ray.store import Store, open_store
 
 RUN_KEYS = ("agent", "git", "dry_run", "max_attempts")  # kept by a resumed run
+PROBE_KEY = "ado:probe"  # read (never acquired) to check that the limiter's backend answers
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,69 @@ def plan_text(repo_list: Path, sources: ConfigSources) -> str:
     return "".join(f"{format_repo_line(repo)}\n" for repo in repos)
 
 
+def check_services(config: Config) -> None:
+    """Before a run starts: the store and the limiter's backend must answer.
+
+    Raises `ServiceUnavailableError` (exit 2) naming every server that did not.
+    """
+    problems = []
+    try:
+        with opened_store(config):
+            pass
+    except StoreError as exc:
+        problems.append(f"state store: {exc}")
+    try:
+        run_sync(_probe_limiter(config))
+    except LimiterUnavailable as exc:
+        problems.append(f"limiter: {exc}")
+    if problems:
+        raise ServiceUnavailableError(
+            "\n".join(problems)
+            + "\nnothing was started; start the server(s) or fix the URLs, then retry"
+        )
+
+
+async def _probe_limiter(config: Config) -> None:
+    service = RateLimiterService(config.limiter)
+    try:
+        await service.snapshot({PROBE_KEY: LimitSpec()})
+    finally:
+        await service.close()
+
+
+def limits(sources: ConfigSources) -> list[dict[str, Any]]:
+    """Every configured limit key: its spec, current use, cooldown and leases.
+
+    The Redis backend is read directly. The in-memory one lives in the `ado-rate-limiter`
+    actor of a Ray cluster (`ray.address`); without one only the configuration is shown.
+    """
+    config = load_config(sources)
+    if config.limiter.backend == "memory" and config.ray.address:
+        import ray
+
+        from ado_ray.limits.actor import ACTOR_NAME
+
+        init_ray(config)
+        try:
+            actor = ray.get_actor(ACTOR_NAME, namespace=config.ray.namespace)
+        except ValueError:
+            actor = None
+        if actor is not None:
+            rows: list[dict[str, Any]] = run_sync(
+                LimiterClient(actor).snapshot(dict(config.limits))
+            )
+            return rows
+    service = RateLimiterService(config.limiter)
+
+    async def read() -> list[dict[str, Any]]:
+        try:
+            return await service.snapshot(dict(config.limits))
+        finally:
+            await service.close()
+
+    return run_sync(read())
+
+
 @contextmanager
 def opened_store(config: Config) -> Iterator[Store]:
     store = open_store(state_url(config))
@@ -96,6 +163,7 @@ def start(
 ) -> BatchResult:
     config = load_config(sources)
     repos, prompt = plan(repo_list, config)
+    check_services(config)
     return start_planned(
         config, repos, str(repo_list), prompt, progress or make_progress(progress_stream)
     )
@@ -124,6 +192,7 @@ def resume(
         config = load_config(sources.with_overrides(stored))
         prompt = run.config.get("prompt")
         make_agent(config.agent)
+        check_services(config)
         if retry_failed:
             store.requeue_tasks(run.run_id, [TaskState.FAILED])
         return _drive(store, config, run.run_id, prompt, progress or make_progress(progress_stream))

@@ -10,6 +10,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -346,6 +347,41 @@ def report(ctx: click.Context, run_id: str, fmt: str, output: Path | None, **par
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+@main.command("limits")
+@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="A JSON array, one object per key.")
+@_opt(
+    "--ray-address", env="ADO_RAY_ADDRESS", help="Read the in-memory limiter of this Ray cluster."
+)
+@store_options
+@click.pass_context
+@handle_errors
+def limits_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
+    """Every limit key: configuration, current use, cooldown and leases."""
+    from ado_ray import api
+
+    rows = api.limits(_sources(ctx, params))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no limits configured (see `limits:` in the README)")
+    for row in rows:
+        parts = [
+            f"{w['used']}/{w['limit']} per {w['window'].split('/')[1]}" for w in row["requests"]
+        ]
+        if row["tokens"]:
+            parts.append(f"tokens {row['tokens']['used']}/{row['tokens']['limit']}")
+        if row["concurrency"]:
+            parts.append(f"holders {row['concurrency']['active']}/{row['concurrency']['limit']}")
+        if row["cooldown_until"]:
+            parts.append(
+                f"cooldown until {datetime.fromtimestamp(row['cooldown_until'], UTC):%H:%M:%S} UTC"
+            )
+        if row["waiting"]:
+            parts.append(f"{row['waiting']} waiting")
+        click.echo(f"{row['key']:<28} " + (", ".join(parts) or "no limit"))
 
 
 @main.group()

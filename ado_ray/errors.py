@@ -34,6 +34,10 @@ class UnknownRunError(UsageError):
     """No run has this id."""
 
 
+class ServiceUnavailableError(UsageError):
+    """A server ado-ray needs did not answer; nothing was started."""
+
+
 class StoreError(AdoError):
     """The state store failed."""
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ado_ray.config import Config
 from ado_ray.engine import workspace as ws
@@ -42,6 +42,7 @@ from ado_ray.models import (
 )
 from ado_ray.store import RunRecord, Store, TaskRecord
 
+T = TypeVar("T")
 LOCK_TTL_S = 30.0
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -185,7 +186,7 @@ def drive(
         backend: Backend = (
             LocalBackend(ctx, url, config) if config.no_ray else RayBackend(ctx, url, config)
         )
-        interrupted = _run_to_completion(_loop(backend, ctx, specs, config, store, progress))
+        interrupted = run_sync(_loop(backend, ctx, specs, config, store, progress))
         store.set_run_status(
             run.run_id, RunStatus.INTERRUPTED if interrupted else RunStatus.FINISHED
         )
@@ -194,7 +195,7 @@ def drive(
         return BatchResult(store.get_run(run.run_id), final, interrupted)
 
 
-def _run_to_completion(coro: Coroutine[Any, Any, bool]) -> bool:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run`, also from a thread that already runs a loop (a Jupyter kernel)."""
     try:
         asyncio.get_running_loop()

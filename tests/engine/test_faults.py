@@ -1,0 +1,290 @@
+"""Runs that lose their servers: real Redis and PostgreSQL, stopped and started mid-run.
+
+Each test gets a private Ray namespace, so the detached `ado-rate-limiter` actor it
+creates (with its own backend settings) is not the one other tests use.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ado_ray import api
+from ado_ray.engine.progress import LineProgress
+from tests.conftest import git
+from tests.servers import PostgresServer, RedisServer
+
+pytestmark = pytest.mark.integration
+
+# Appends "start|end <monotonic>" to a shared log under a lock, then edits the checkout.
+AGENT = """
+import fcntl, os, sys, time
+def note(what):
+    with open(os.environ["ADO_VAR_LOG"], "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(f"{what} {time.time()}\\n")
+note("start")
+time.sleep(float(sys.argv[1]))
+open("fixed.txt", "w").write("fixed")
+note("end")
+"""
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("fault-redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    with PostgresServer(tmp_path_factory.mktemp("fault-pg")) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> str:
+    pg_server.start()  # a test may have left it stopped
+    name = f"faults_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_server.url(name)
+
+
+def fleet(
+    tmp_path: Path, make_repo: Callable[..., Path], count: int, prefix: str = "f"
+) -> tuple[Path, Path]:
+    log = tmp_path / f"{prefix}-agent.log"
+    repo_list = tmp_path / f"{prefix}-repos.txt"
+    repo_list.write_text("".join(f"{make_repo(f'{prefix}{i}')} log={log}\n" for i in range(count)))
+    return repo_list, log
+
+
+def events(log: Path) -> list[tuple[float, str]]:
+    return sorted(
+        (float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines())
+    )
+
+
+def peak_overlap(log: Path) -> int:
+    running = peak = 0
+    for _, kind in events(log):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    return peak
+
+
+def in_background(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = target()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_redis_stopped_mid_run_admits_nothing_and_the_run_completes(
+    ray_address: str,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    script: Callable[[str, str], str],
+    redis_server: RedisServer,
+) -> None:
+    repo_list, log = fleet(tmp_path, make_repo, 8)
+    progress = io.StringIO()
+    settings = {
+        "state": str(tmp_path / "state.db"),
+        "work_root": str(tmp_path / "work"),
+        "parallel": 4,
+        "agent": {"cmd": script("agent", AGENT) + " 0.3"},
+        "limiter": {"backend": "redis", "url": redis_server.url},
+        "limits": {"command": {"requests": ["3/1s"], "concurrency": 2}},
+        "ray": {"namespace": f"faults-{uuid.uuid4().hex[:6]}"},
+    }
+    sources = api.ConfigSources(overrides=settings)
+    thread, box = in_background(
+        lambda: api.start(repo_list, sources, progress, LineProgress(progress, every_s=1))
+    )
+    wait_for(lambda: log.exists() and len(events(log)) >= 2)
+    redis_server.stop()
+    stopped_at = time.time()
+    time.sleep(3)
+    restarted_at = time.time()
+    redis_server.start()
+    thread.join(120)
+    assert "error" not in box, box.get("error")
+    result = box["result"]
+
+    assert result.counts == {"changed": 8}
+    starts = [t for t, kind in events(log) if kind == "start"]
+    assert peak_overlap(log) <= 2
+    # At most 3 starts in any 1 s window (0.15 s of slack for process start-up jitter).
+    assert all(starts[i + 3] - starts[i] >= 0.85 for i in range(len(starts) - 3)), starts
+    # Fail closed: nothing admitted while Redis was down (0.5 s for grants already in flight).
+    assert not [t for t in starts if stopped_at + 0.5 < t < restarted_at], (
+        stopped_at,
+        restarted_at,
+        starts,
+    )
+    assert "the limiter is unreachable since" in progress.getvalue()
+    assert "the limiter answers again" in progress.getvalue()
+
+
+def test_postgres_restarted_mid_run_loses_no_event(
+    ray_address: str,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    script: Callable[[str, str], str],
+    pg_server: PostgresServer,
+    pg_url: str,
+) -> None:
+    repo_list, log = fleet(tmp_path, make_repo, 8)
+    progress = io.StringIO()
+    settings = {
+        "state": pg_url,
+        "work_root": str(tmp_path / "work"),
+        "parallel": 3,
+        "agent": {"cmd": script("agent", AGENT) + " 0.4"},
+        "ray": {"namespace": f"faults-{uuid.uuid4().hex[:6]}"},
+    }
+    sources = api.ConfigSources(overrides=settings)
+    thread, box = in_background(
+        lambda: api.start(repo_list, sources, progress, LineProgress(progress, every_s=1))
+    )
+    wait_for(lambda: log.exists() and sum(kind == "end" for _, kind in events(log)) >= 2)
+    pg_server.stop()
+    time.sleep(2.5)
+    pg_server.start()
+    thread.join(120)
+    assert "error" not in box, box.get("error")
+    assert box["result"].counts == {"changed": 8}
+    assert "the store is unreachable since" in progress.getvalue()
+
+    with psycopg.connect(pg_url) as conn:
+        steps = conn.execute(
+            "SELECT task_id, array_agg(step ORDER BY step) FROM checkpoints GROUP BY task_id"
+        ).fetchall()
+        sessions = conn.execute("SELECT count(*) FROM sessions").fetchone()
+    assert len(steps) == 8
+    assert all(sorted(s) == ["agent_done", "committed", "prepared", "published"] for _, s in steps)
+    assert sessions == (8,)
+
+
+def test_both_servers_down_at_start_exit_2_and_nothing_written(
+    tmp_path: Path, make_repo: Callable[..., Path]
+) -> None:
+    (tmp_path / "repos.txt").write_text(f"{make_repo('down')}\n")
+    (tmp_path / "ado.yaml").write_text(
+        'limiter: {backend: redis, url: "redis://:hunter2@127.0.0.1:1/0"}\n'
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ado_ray",
+            "batch",
+            "repos.txt",
+            "--cmd",
+            "true",
+            "--no-ray",
+            "--state",
+            "postgresql://ado:hunter2@127.0.0.1:1/ado",
+            "--work-root",
+            "work",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert (
+        "state store:" in proc.stderr
+        and "limiter: redis at redis://:***@127.0.0.1:1/0" in proc.stderr
+    )
+    assert "nothing was started" in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "work").exists()
+
+
+def test_two_drivers_share_one_store_and_one_set_of_limits(
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    script: Callable[[str, str], str],
+    redis_server: RedisServer,
+    pg_url: str,
+) -> None:
+    """Two `ado batch` processes (in-process runners, so Redis is all they share for limits)."""
+    redis_server.start()
+    log = tmp_path / "shared-agent.log"
+    lists = []
+    for prefix in ("a", "b"):
+        repo_list = tmp_path / f"{prefix}.txt"
+        repo_list.write_text("".join(f"{make_repo(f'{prefix}{i}')} log={log}\n" for i in range(4)))
+        lists.append(repo_list)
+    (tmp_path / "ado.yaml").write_text(
+        f"state: {pg_url}\nlimiter: {{backend: redis, url: '{redis_server.url}'}}\n"
+        "limits: {command: {concurrency: 2}}\n"
+    )
+    env = {**os.environ, "ADO_WORK_ROOT": str(tmp_path / "work")}
+    cmd = script("agent", AGENT) + " 0.5"
+    drivers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ado_ray",
+                "batch",
+                str(repo_list),
+                "--no-ray",
+                "--parallel",
+                "3",
+                "--cmd",
+                cmd,
+                "--json",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for repo_list in lists
+    ]
+    outputs = [driver.communicate(timeout=120) for driver in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], outputs
+    assert peak_overlap(log) <= 2  # six slots between them, two leases in Redis
+    assert sum(kind == "start" for _, kind in events(log)) == 8
+    listed = subprocess.run(
+        [sys.executable, "-m", "ado_ray", "runs", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert '"changed": 4' in listed.stdout and listed.stdout.count('"run_id"') == 2
+    for repo in ("a0", "b3"):
+        assert git(tmp_path / "repos" / repo, "branch", "--list", "ado/*").strip()
