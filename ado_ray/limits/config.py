@@ -32,6 +32,7 @@ from pydantic import (
 
 from ado_ray.errors import ConfigError
 from ado_ray.limits.base import LimitSpec, check_key
+from ado_ray.redact import mask_url
 
 NEEDS_URL = frozenset({"redis"})  # backends that connect to a server
 NO_LIMITS = LimitSpec()
@@ -70,9 +71,7 @@ class LimiterSettings(BaseModel):
         """`memory`, or `redis at redis://:***@host:6379/0`: safe to print."""
         if self.url is None:
             return self.backend
-        from ado_ray.limits.redis import redact
-
-        return f"{self.backend} at {redact(self.url)}"
+        return f"{self.backend} at {mask_url(self.url)}"
 
 
 def _parse_table(value: Any) -> Any:

@@ -15,7 +15,6 @@ import itertools
 import uuid
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis import exceptions as redis_errors
@@ -34,6 +33,7 @@ from ado_ray.limits.base import (
     check_key,
     snapshot_dict,
 )
+from ado_ray.redact import mask_url
 
 SCRIPTS = ("acquire", "renew", "release", "reconcile", "cooldown", "snapshot")
 # Errors that mean "the server did not answer", not "the server said no".
@@ -48,17 +48,6 @@ _UNAVAILABLE = (
 @functools.cache
 def lua_source(name: str) -> str:
     return (resources.files("ado_ray.limits") / "lua" / f"{name}.lua").read_text("utf-8")
-
-
-def redact(url: str) -> str:
-    """The url without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class RedisConfig(BaseModel):
@@ -108,7 +97,7 @@ class RedisLimiter(LimiterBase):
             return await self._scripts[script](keys=keys, args=args)
         except _UNAVAILABLE as exc:
             raise LimiterUnavailable(
-                f"redis at {redact(self.config.url)} did not answer: {exc}"
+                f"redis at {mask_url(self.config.url)} did not answer: {exc}"
             ) from exc
 
     async def try_acquire(

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import importlib
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 from ado_ray.errors import ConfigError
+from ado_ray.redact import mask_url as describe_store  # the store's URL, safe to print
 from ado_ray.store.base import RunRecord, SessionRecord, Store, TaskRecord
 
 __all__ = [
@@ -39,7 +39,6 @@ SCHEMES: dict[str, str] = {
 }
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
-_QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*", re.IGNORECASE)
 
 
 def backend_name(url: str) -> str:
@@ -72,20 +71,3 @@ def open_store(url: str) -> Store:
         raise ConfigError(f"the '{name}' store backend cannot be loaded: {exc}") from exc
     store: Store = backend.from_url(url)
     return store
-
-
-def describe_store(url: str) -> str:
-    """`url` with any password replaced by `***`, for logs, reports and error messages."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL we can take apart: show nothing after the scheme
-        return url.split(":", 1)[0] + ":***"
-    netloc = parts.netloc
-    if password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
