@@ -44,7 +44,7 @@ CONFIG_KEYS = {
 }
 
 
-def _opt(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+def _opt(*names: str, env: str | list[str], **kwargs: Any) -> Callable[[F], F]:
     return click.option(*names, envvar=env, show_envvar=True, **kwargs)
 
 
@@ -58,7 +58,7 @@ def store_options(func: F) -> F:
     )(func)
     func = _opt(
         "--state",
-        env="ADO_STATE",
+        env=["ADO_STATE", "ADO_STATE_URL"],
         help="State store: a SQLite path or a store URL [default: .ado/state.db].",
     )(func)
     func = _opt(

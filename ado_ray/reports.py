@@ -35,6 +35,7 @@ def run_summary(
 
 def _task(store: Store, task: TaskRecord) -> dict[str, Any]:
     checkpoints = store.checkpoints(task.task_id) if task.commit_sha else {}
+    sessions = store.sessions(task.task_id)
     if not task.commit_sha:
         location = None
     elif Step.PUBLISHED in checkpoints:
@@ -53,6 +54,8 @@ def _task(store: Store, task: TaskRecord) -> dict[str, Any]:
         "where": location,
         "base_sha": task.base_sha,
         "attempts": task.attempt,
+        "agent_s": round(sum(s.duration_s for s in sessions), 3),
+        "limit_wait_s": round(sum(s.usage.get("limit_wait_s", 0.0) for s in sessions), 3),
         "failure_class": task.failure_class.value if task.failure_class else None,
         "error": task.error,
         "workspace": task.workspace,

@@ -20,6 +20,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ async def execute(
             return await run.pipeline(checkpoints)
         except TaskFailed as failure:
             cls, message = failure.failure_class, str(failure)
+        except LimitTimeout as exc:  # limit_wait_timeout_s ran out
+            cls, message = FailureClass.RATE_LIMITED, str(exc)
         except Exception as exc:  # the one broad catch: isolate this repository
             cls, message = FailureClass.INFRA, f"{type(exc).__name__}: {exc}"
         tries += 1
@@ -137,6 +140,18 @@ class _Run:
         self.task_id, self.repo = spec.task_id, spec.repo
         self.task_dir = ws.task_dir(ctx.work_root, ctx.run_id, spec.task_id)
         self.repo_path = self.task_dir / "repo"
+
+    @property
+    def host(self) -> str:
+        """The host in limit keys (`git:<host>`, `forge:<host>`); `local` for local paths."""
+        return "local" if self.repo.key.startswith("/") else self.repo.key.split("/", 1)[0]
+
+    def limited(self, key: str) -> AbstractAsyncContextManager[object]:
+        """Hold `key`'s budget around a block, if `limits:` (or a parent key) has one."""
+        key, spec = route(self.ctx.limits, key)
+        if spec == LimitSpec():
+            return contextlib.nullcontext()
+        return self.limiter.hold(key, spec, timeout_s=self.ctx.limit_wait_timeout_s)
 
     async def update(self, state: TaskState, durable: bool = False, **fields: Any) -> None:
         await self.emit([TaskUpdate(self.task_id, state, **fields)], durable)
@@ -184,9 +199,10 @@ class _Run:
         if not ctx.dry_run:
             await self.update(TaskState.PUBLISHING, lease_owner=self.owner)
             try:
-                result = await asyncio.to_thread(
-                    ws.push_branch, self.repo_path, self.repo.url, commit_sha, ctx.branch
-                )
+                async with self.limited(f"forge:{self.host}"):
+                    result = await asyncio.to_thread(
+                        ws.push_branch, self.repo_path, self.repo.url, commit_sha, ctx.branch
+                    )
             except WorkspaceError as exc:
                 raise TaskFailed(FailureClass.FORGE, str(exc)) from exc
             pushed_to = self.repo.url
@@ -208,7 +224,10 @@ class _Run:
         self.task_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(kill_stale_agent, self.task_dir)
         try:
-            mirror = await asyncio.to_thread(ws.ensure_mirror, self.ctx.cache_root, self.repo.url)
+            async with self.limited(f"git:{self.host}"):
+                mirror = await asyncio.to_thread(
+                    ws.ensure_mirror, self.ctx.cache_root, self.repo.url
+                )
         except WorkspaceError as exc:
             raise TaskFailed(FailureClass.INFRA, str(exc)) from exc
         try:

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ print("edited", os.getcwd())
 
 
 def run(
-    tmp_path: Path, repos: list[Path | str], cmd: str, ray: bool = True, **overrides: Any
+    tmp_path: Path, repos: list[Path | str], cmd: str, use_ray: bool = True, **overrides: Any
 ) -> Any:
     repo_list = tmp_path / "repos.txt"
     repo_list.write_text("".join(f"{r}\n" for r in repos))
@@ -36,7 +37,7 @@ def run(
         "state": str(tmp_path / "state.db"),
         "work_root": str(tmp_path / "work"),
         "parallel": 4,
-        "no_ray": not ray,
+        "no_ray": not use_ray,
         **overrides,
     }
     settings["agent"] = {"cmd": cmd, **overrides.get("agent", {})}
@@ -56,7 +57,9 @@ def test_changes_become_one_commit_on_the_run_branch_of_each_repository(
     ray: bool,
 ) -> None:
     repos = [make_repo(f"r{i}") for i in range(3)]
-    result = run(tmp_path, repos, script("write", WRITE) + " {repo_name}", ray=ray, name="fix-all")
+    result = run(
+        tmp_path, repos, script("write", WRITE) + " {repo_name}", use_ray=ray, name="fix-all"
+    )
 
     assert result.exit_code == 0
     assert result.counts == {"changed": 3}
@@ -183,7 +186,7 @@ def test_placeholders_variables_and_environment_allow_list(
         tmp_path,
         [line],
         script("env", ENV_DUMP) + " {ticket} {repo_name} {prompt_file}",
-        ray=False,
+        use_ray=False,
         agent={"prompt": "do it"},
     )
     assert result.exit_code == 0
@@ -297,3 +300,35 @@ def test_resume_of_a_finished_run_runs_nothing_again(
     again = api.resume(first.run.run_id, sources, False, io.StringIO())
     assert again.counts == {"changed": 2} and again.exit_code == 0
     assert counter.read_text().count("run") == 2
+
+
+def test_agent_clone_and_push_keys_are_held_and_waiting_time_is_recorded(
+    ray_address: str,
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    script: Callable[[str, str], str],
+) -> None:
+    import ray
+
+    namespace = f"limits-{uuid.uuid4().hex[:6]}"  # a limiter actor of its own
+    limits = {
+        "command": {"requests": ["2/1s"]},
+        "git:local": {"requests": ["100/1h"]},
+        "forge:local": {"requests": ["100/1h"]},
+    }
+    repos = [make_repo(f"l{i}") for i in range(4)]
+    result = run(
+        tmp_path, repos, script("write", WRITE) + " x", limits=limits, ray={"namespace": namespace}
+    )
+    try:
+        assert result.counts == {"changed": 4}
+        sources = api.ConfigSources(
+            overrides={"limits": limits, "ray": {"address": ray_address, "namespace": namespace}}
+        )
+        used = {row["key"]: row["requests"][0]["used"] for row in api.limits(sources)}
+        assert used["git:local"] == used["forge:local"] == 4  # one clone and one push each
+        assert used["command"] <= 2  # a 1 s window: the first two have left it by now
+        waits = sorted(task["limit_wait_s"] for task in result.summary["tasks"])
+        assert waits[0] < 0.5 and waits[-1] >= 0.5  # two ran at once, two waited for the window
+    finally:
+        ray.kill(ray.get_actor("ado-rate-limiter", namespace=namespace))
