@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install servers lint test test-fast bench demo clean
+.PHONY: install servers agents lint test test-fast bench demo clean
 
 install: $(VENV)/.installed
 
@@ -18,12 +18,16 @@ $(VENV)/.installed: pyproject.toml
 servers:
 	@bash .ci/servers.sh
 
+# The agent CLIs (Claude Code, Codex, Gemini CLI) at pinned versions, in .agents/.
+agents:
+	@bash .ci/agent-clis.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint servers
+test: lint servers agents
 	$(BIN)/pytest
 
 test-fast: install

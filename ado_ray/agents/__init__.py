@@ -10,6 +10,9 @@ from ado_ray.errors import UsageError
 
 AGENTS: dict[str, str] = {
     "command": "ado_ray.agents.command:CommandAgent",
+    "claude": "ado_ray.agents.claude:ClaudeAgent",
+    "codex": "ado_ray.agents.codex:CodexAgent",
+    "gemini": "ado_ray.agents.gemini:GeminiAgent",
 }
 
 

@@ -24,6 +24,10 @@ class AgentContext:
     home: Path  # the agent's own HOME
     prompt_file: Path | None
     resume_session: str | None = None  # the agent's own session id, to continue it
+    model: str | None = None  # from the provider (or its mode); None: the CLI's default
+    base_url: str | None = None  # the mode's endpoint (a proxy, a gateway, a local server)
+    max_turns: int | None = None
+    mode: str | None = None  # the provider's access mode, e.g. "subscription" or "api"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,15 @@ class Invocation:
 
 @dataclass(frozen=True)
 class AgentResult:
+    """What one agent run said about itself.
+
+    Tokens and cost are for this run unless the CLI only reports running totals for its
+    session (Claude's `total_cost_usd`, Codex's `turn.completed.usage`): then set
+    `tokens_are_session_totals` / `cost_is_session_total`, and the engine stores the
+    difference from the session's previous attempt, never a total twice. `cost_usd` None
+    means the CLI reported no cost; the engine prices the tokens from `prices:` then.
+    """
+
     ok: bool
     exit_code: int | None
     failure_class: FailureClass | None = None
@@ -41,11 +54,15 @@ class AgentResult:
     session_id: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cache_tokens: int = 0  # cache reads and writes
+    cost_usd: float | None = None
+    tokens_are_session_totals: bool = False
+    cost_is_session_total: bool = False
+    model: str | None = None  # the model the CLI says it used
     num_turns: int | None = None
     result_text: str | None = None
     limited_until: float | None = None  # epoch seconds when a provider limit resets
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping
 
 
 class Agent(Protocol):

@@ -260,7 +260,7 @@ class _Run:
         usage = {
             "input_tokens": result.input_tokens,
             "output_tokens": result.output_tokens,
-            "cost_usd": result.cost_usd,
+            "cost_usd": result.cost_usd or 0.0,
             "limit_wait_s": round(held.grant_wait_s, 3),
         }
         outcome = (
@@ -293,7 +293,7 @@ class _Run:
                     key,
                     result.input_tokens,
                     result.output_tokens,
-                    result.cost_usd,
+                    result.cost_usd or 0.0,
                 )
             )
         await self.emit(events, False)
