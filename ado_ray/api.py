@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from ado_ray import reports
 from ado_ray.agents import make_agent
+from ado_ray.agents.routing import routes
 from ado_ray.config import Config, build_config, deep_merge
 from ado_ray.engine.backends import init_ray
 from ado_ray.engine.driver import BatchResult, drive, new_run, run_sync, state_url
@@ -70,11 +71,17 @@ def check_plan(
     repos: list[RepoSpec], source: str, config: Config
 ) -> tuple[list[RepoSpec], str | None]:
     prompt = read_prompt(config)
-    agent = make_agent(config.agent)
-    check = getattr(agent, "check_repos", None)
-    if check is not None:
-        check(repos, source)
+    check_agents(config, repos, source)
     return repos, prompt
+
+
+def check_agents(config: Config, repos: list[RepoSpec], source: str) -> None:
+    """Every route's adapter can be built and accepts every repository."""
+    for route in routes(config):
+        agent = make_agent(config.agent.model_copy(update={"name": route.agent, "cmd": route.cmd}))
+        check = getattr(agent, "check_repos", None)
+        if check is not None:
+            check(repos, source)
 
 
 def plan_text(repo_list: Path, sources: ConfigSources) -> str:
@@ -191,10 +198,10 @@ def resume(
         stored.get("agent", {}).pop("env", None)  # masked when stored; comes from config now
         config = load_config(sources.with_overrides(stored))
         prompt = run.config.get("prompt")
-        make_agent(config.agent)
+        check_agents(config, [task.repo for task in store.list_tasks(run.run_id)], run.repo_list)
         check_services(config)
         if retry_failed:
-            store.requeue_tasks(run.run_id, [TaskState.FAILED])
+            store.requeue_tasks(run.run_id, [TaskState.FAILED, TaskState.SKIPPED])
         return _drive(store, config, run.run_id, prompt, progress or make_progress(progress_stream))
 
 

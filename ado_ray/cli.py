@@ -41,6 +41,9 @@ CONFIG_KEYS = {
     "dashboard": "ray.dashboard",
     "max_attempts": "max_attempts",
     "grace": "interrupt_grace_s",
+    "fallback": "fallback",
+    "max_cost": "max_cost_usd",
+    "max_cost_per_task": "max_cost_per_task_usd",
 }
 
 
@@ -215,6 +218,24 @@ def main() -> None:
     env="ADO_MAX_ATTEMPTS",
     type=click.IntRange(1, 100),
     help="Attempts for retryable failures [default: 2].",
+)
+@_opt(
+    "--fallback/--no-fallback",
+    default=None,
+    env="ADO_FALLBACK",
+    help="On a provider limit, move to the next mode (default) or wait for the reset.",
+)
+@_opt(
+    "--max-cost",
+    env="ADO_MAX_COST",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop starting agents once the run has cost this many USD.",
+)
+@_opt(
+    "--max-cost-per-task",
+    env="ADO_MAX_COST_PER_TASK",
+    type=click.FloatRange(min=0, min_open=True),
+    help="No new agent run for a task that has cost this many USD.",
 )
 @_opt("--plan", is_flag=True, env="ADO_PLAN", help="Print the resolved repository list and exit.")
 @_opt("--resume", "resume_id", env="ADO_RESUME", help="Continue this run instead of starting one.")

@@ -57,6 +57,37 @@ class AgentSettings(_Model):
     kill_grace_s: float = Field(default=10.0, ge=0)
 
 
+_SLUG = r"[a-z0-9][a-z0-9_-]{0,31}"
+
+
+class ModeSettings(_Model):
+    """One access mode of a provider (a subscription, an API key, a gateway)."""
+
+    name: str = Field(pattern=_SLUG)
+    priority: int = 1  # lower runs first, across every provider
+    env: dict[str, str] = Field(default_factory=dict)  # secrets: masked wherever shown
+    base_url: str | None = None  # the CLI's endpoint in this mode
+    model: str | None = None  # overrides the provider's model
+
+
+class ProviderSettings(_Model):
+    """A provider: one adapter and its access modes. Its limit keys are `<provider>:<mode>`."""
+
+    agent: str  # the adapter (see ado_ray/agents: claude, codex, gemini, command)
+    model: str | None = None
+    max_turns: int | None = Field(default=None, ge=1)
+    cmd: str | None = None  # the CLI's executable (default: the adapter's name on PATH)
+    modes: list[ModeSettings] = Field(default_factory=lambda: [ModeSettings(name="default")])
+
+
+class Price(_Model):
+    """US dollars per million tokens, for a model whose CLI reports no cost."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache: float = Field(default=0.0, ge=0)
+
+
 class GitSettings(_Model):
     author_name: str = "ado-ray"
     author_email: str = "ado-ray@localhost"
@@ -89,6 +120,22 @@ class Config(_Model):
     ray: RaySettings = Field(default_factory=RaySettings)
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
     limits: LimitTable = Field(default_factory=dict)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict)  # model name -> price
+    fallback: bool = True  # on a limit, move to the next mode (False: wait for the reset)
+    max_cost_usd: float | None = Field(default=None, gt=0)  # per run, across the cluster
+    max_cost_per_task_usd: float | None = Field(default=None, gt=0)
+
+    @field_validator("providers")
+    @classmethod
+    def _provider_names(cls, value: dict[str, ProviderSettings]) -> dict[str, ProviderSettings]:
+        for name, provider in value.items():
+            if not re.fullmatch(_SLUG, name):
+                raise ValueError(f"'{name}' is not a provider name; expected {_SLUG}")
+            names = [mode.name for mode in provider.modes]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{name}: two modes share a name: {names}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -108,6 +155,9 @@ class Config(_Model):
         """
         data = self.model_dump(mode="json")
         data["agent"]["env"] = {key: "***" for key in data["agent"]["env"]}
+        for provider in data["providers"].values():
+            for mode in provider["modes"]:
+                mode["env"] = {key: "***" for key in mode["env"]}
         data["state"] = mask_url(self.state)
         if self.limiter.url:
             data["limiter"]["url"] = mask_url(self.limiter.url)

@@ -157,6 +157,7 @@ class TaskOutcome:
     failure_class: FailureClass | None = None
     error: str | None = None
     pushed_to: str | None = None
+    cost_usd: float = 0.0  # what this task's agent runs cost in this session
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Where a run's tasks execute: in this process, or on Ray actors.
 
 Both backends offer the driver the same small surface, so it has one loop:
-`submit(spec)` (an awaitable outcome), `drain(grace)`, `sink_status()`, `limiter_status()`,
-`record(update)` and `close()`. Each hosts the run's sink and runners; the shared rate
-limiter is a detached Ray actor (`ado-rate-limiter`) or, in process, a local service.
+`submit(spec)` (an awaitable outcome), `drain(grace)`, `stop_new_agents(reason)`,
+`sink_status()`, `limiter_status()`, `record(update)` and `close()`. Each hosts the
+run's sink and runners; the shared rate limiter is a detached Ray actor
+(`ado-rate-limiter`) or, in process, a local service.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class LocalBackend:
 
     async def drain(self, grace_s: float) -> None:
         await self.runner.drain(grace_s)
+
+    async def stop_new_agents(self, reason: str) -> None:
+        await self.runner.stop_new_agents(reason)
 
     async def sink_status(self) -> dict[str, Any]:
         return self.sink.status()
@@ -119,6 +123,9 @@ class RayBackend:
 
     async def drain(self, grace_s: float) -> None:
         await asyncio.gather(*(r.drain.remote(grace_s) for r in self.runners))
+
+    async def stop_new_agents(self, reason: str) -> None:
+        await asyncio.gather(*(r.stop_new_agents.remote(reason) for r in self.runners))
 
     async def sink_status(self) -> dict[str, Any]:
         status: dict[str, Any] = await self.sink.status.remote()

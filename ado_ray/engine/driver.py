@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ado_ray.agents.routing import routes
 from ado_ray.config import Config
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.backends import Backend, LocalBackend, RayBackend, record_failure
@@ -176,6 +177,9 @@ def drive(
         max_attempts=config.max_attempts,
         limits=dict(config.limits),
         limit_wait_timeout_s=config.limit_wait_timeout_s,
+        routes=routes(config),
+        prices=dict(config.prices),
+        max_cost_per_task_usd=config.max_cost_per_task_usd,
     )
     with run_lock(store, run.run_id):
         store.set_run_status(run.run_id, RunStatus.RUNNING)
@@ -186,7 +190,8 @@ def drive(
         backend: Backend = (
             LocalBackend(ctx, url, config) if config.no_ray else RayBackend(ctx, url, config)
         )
-        interrupted = run_sync(_loop(backend, ctx, specs, config, store, progress))
+        budget = Budget(config.max_cost_usd, spent_so_far(store, tasks))
+        interrupted = run_sync(_loop(backend, ctx, specs, config, store, progress, budget))
         store.set_run_status(
             run.run_id, RunStatus.INTERRUPTED if interrupted else RunStatus.FINISHED
         )
@@ -212,6 +217,7 @@ async def _loop(
     config: Config,
     store: Store,
     progress: Progress,
+    budget: Budget,
 ) -> bool:
     """Submit with a bound, collect outcomes, watch health; True if the run was interrupted.
 
@@ -246,7 +252,12 @@ async def _loop(
             done, _ = await asyncio.wait(inflight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
                 spec = inflight.pop(future)
-                progress.task_done(await _outcome(backend, future, spec))
+                outcome = await _outcome(backend, future, spec)
+                progress.task_done(outcome)
+                if budget.spend(outcome.cost_usd):
+                    progress.note(f"{budget.reason}: starting no more agents")
+                    await backend.stop_new_agents(budget.reason)
+                    await _skip(backend, progress, pending, budget.reason)
             if await health.check(backend, store, ctx.run_id):
                 interrupt("the state store is unreachable")
         await asyncio.gather(*draining)
@@ -283,6 +294,43 @@ async def _outcome(
             spec.task_id, TaskState.FAILED, failure_class=FailureClass.INFRA, error=message
         )
         return await record_failure(backend, update, spec)
+
+
+class Budget:
+    """`--max-cost` for the run: once spent, no new agent starts anywhere in the cluster."""
+
+    def __init__(self, cap_usd: float | None, spent_usd: float) -> None:
+        self.cap_usd, self.spent_usd = cap_usd, spent_usd
+        self.reason = ""
+
+    def spend(self, cost_usd: float) -> bool:
+        """Add a task's cost; True the first time the cap is reached."""
+        self.spent_usd += cost_usd
+        if self.cap_usd is None or self.reason or self.spent_usd < self.cap_usd:
+            return False
+        self.reason = f"the run cost ${self.spent_usd:.2f}, at --max-cost ${self.cap_usd:g}"
+        return True
+
+
+def spent_so_far(store: Store, tasks: Sequence[TaskRecord]) -> float:
+    """What the run's agent sessions cost before this driver (a resumed run)."""
+    return sum(
+        float(session.usage.get("cost_usd", 0.0))
+        for task in tasks
+        for session in store.sessions(task.task_id)
+    )
+
+
+async def _skip(backend: Backend, progress: Progress, pending: list[TaskSpec], reason: str) -> None:
+    """Tasks never submitted: skipped, with the reason (`--retry-failed` runs them again)."""
+    while pending:
+        spec = pending.pop()
+        update = TaskUpdate(spec.task_id, TaskState.SKIPPED, error=f"no agent started: {reason}")
+        await backend.record(update)
+        progress.task_started(spec)
+        progress.task_done(
+            TaskOutcome(spec.task_id, spec.repo.key, TaskState.SKIPPED, error=update.error)
+        )
 
 
 class Health:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ado_ray.agents import make_agent
+from ado_ray.agents import Agent, make_agent
 from ado_ray.engine.task import Emit, RunContext, TaskSpec, execute
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.models import Event, TaskOutcome, TaskState, TaskUpdate
@@ -43,10 +44,19 @@ class AgentRunner:
     ) -> None:
         self.ctx = ctx
         self.name = name
-        self.agent = make_agent(ctx.agent)
+        # One adapter per route, keyed by the route's limit key.
+        self.agents: dict[str, Agent] = {
+            route.key: make_agent(
+                ctx.agent.model_copy(update={"name": route.agent, "cmd": route.cmd})
+            )
+            for route in ctx.routes
+        }
         self.limiter = limiter
+        self.stop_reason: str | None = None  # set when a budget forbids new agent starts
         self._emit = sink_emitter(sink)
         self._slots = asyncio.Semaphore(slots)
+        self._slot_count = slots
+        self._threads: ThreadPoolExecutor | None = None
         self._active: dict[str, asyncio.Future[TaskOutcome]] = {}
         self._draining = False
 
@@ -54,11 +64,24 @@ class AgentRunner:
         return self.name
 
     async def run(self, spec: TaskSpec) -> TaskOutcome:
+        if self._threads is None:
+            # Git runs in threads (asyncio.to_thread); the default pool has cpu_count + 4
+            # threads, which would queue the git work of most slots behind a few.
+            self._threads = ThreadPoolExecutor(self._slot_count + 4, thread_name_prefix="ado-git")
+            asyncio.get_running_loop().set_default_executor(self._threads)
         async with self._slots:
             if self._draining:
                 return TaskOutcome(spec.task_id, spec.repo.key, TaskState.QUEUED, error=INTERRUPTED)
             inner = asyncio.ensure_future(
-                execute(self.ctx, spec, self.agent, self._emit, self.name, self.limiter)
+                execute(
+                    self.ctx,
+                    spec,
+                    self.agents,
+                    self._emit,
+                    self.name,
+                    self.limiter,
+                    lambda: self.stop_reason,
+                )
             )
             self._active[spec.task_id] = inner
             try:
@@ -72,6 +95,10 @@ class AgentRunner:
                 return TaskOutcome(spec.task_id, spec.repo.key, TaskState.QUEUED, error=INTERRUPTED)
             finally:
                 del self._active[spec.task_id]
+
+    async def stop_new_agents(self, reason: str) -> None:
+        """Start no more agents (running ones finish); tasks that would start one are skipped."""
+        self.stop_reason = reason
 
     async def drain(self, grace_s: float) -> int:
         """Start no more tasks; give running ones `grace_s`, then cancel them (their agents'

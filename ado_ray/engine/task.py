@@ -19,15 +19,17 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ado_ray.agents import Agent, AgentContext
-from ado_ray.config import AgentSettings, GitSettings
+from ado_ray.agents.routing import Route
+from ado_ray.config import AgentSettings, GitSettings, Price
 from ado_ray.engine import workspace as ws
+from ado_ray.engine.agent_run import Session, TaskMemory, account, acquire_route
 from ado_ray.engine.process import build_env, run_supervised
 from ado_ray.errors import AgentError, WorkspaceError
 from ado_ray.limits.actor import LimiterClient
@@ -65,6 +67,9 @@ class RunContext:
     max_attempts: int
     limits: dict[str, LimitSpec] = field(default_factory=dict)
     limit_wait_timeout_s: float | None = None
+    routes: list[Route] = field(default_factory=list)
+    prices: dict[str, Price] = field(default_factory=dict)
+    max_cost_per_task_usd: float | None = None
 
     @property
     def cache_root(self) -> Path:
@@ -87,24 +92,48 @@ class TaskFailed(Exception):
         self.failure_class = failure_class
 
 
+class TaskStopped(Exception):
+    """A budget forbids starting the agent: the task is skipped, with the reason."""
+
+
 MAX_RATE_LIMITED = 20  # provider limits one task may hit before it fails as rate_limited
+DEFAULT_COOLDOWN_S = 60.0  # a limit signal without a reset time cools its key this long
 
 
 async def execute(
-    ctx: RunContext, spec: TaskSpec, agent: Agent, emit: Emit, owner: str, limiter: LimiterClient
+    ctx: RunContext,
+    spec: TaskSpec,
+    agents: Mapping[str, Agent],
+    emit: Emit,
+    owner: str,
+    limiter: LimiterClient,
+    stop_reason: Callable[[], str | None] = lambda: None,
 ) -> TaskOutcome:
     """Run one task to a terminal state; the per-repository failure boundary.
 
     A retryable failure starts over from the checkpoints reached. A provider's rate limit
-    is not the task's failure and uses up no attempt: the limiter holds the task back
-    until the limit resets.
+    is not the task's failure and uses up no attempt: its key cools down for every
+    client, and the next try takes the next route (or waits for the reset).
+    `agents` maps each route's limit key to its adapter.
     """
     checkpoints = dict(spec.checkpoints)
+    memory = TaskMemory()
     tries = failures = 0
     while True:
-        run = _Run(ctx, spec, agent, emit, owner, limiter, attempt=spec.attempt + tries + 1)
+        attempt = spec.attempt + tries + 1
+        run = _Run(ctx, spec, agents, emit, owner, limiter, attempt, memory, stop_reason)
         try:
             return await run.pipeline(checkpoints)
+        except TaskStopped as stopped:
+            skipped = TaskUpdate(spec.task_id, TaskState.SKIPPED, error=str(stopped))
+            await emit([skipped], True)
+            return TaskOutcome(
+                spec.task_id,
+                spec.repo.key,
+                TaskState.SKIPPED,
+                error=str(stopped),
+                cost_usd=memory.cost_usd,
+            )
         except TaskFailed as failure:
             cls, message = failure.failure_class, str(failure)
         except LimitTimeout as exc:  # limit_wait_timeout_s ran out
@@ -118,7 +147,12 @@ async def execute(
             failed = TaskUpdate(spec.task_id, TaskState.FAILED, failure_class=cls, error=message)
             await emit([failed], True)
             return TaskOutcome(
-                spec.task_id, spec.repo.key, TaskState.FAILED, failure_class=cls, error=message
+                spec.task_id,
+                spec.repo.key,
+                TaskState.FAILED,
+                failure_class=cls,
+                error=message,
+                cost_usd=memory.cost_usd,
             )
 
 
@@ -129,14 +163,17 @@ class _Run:
         self,
         ctx: RunContext,
         spec: TaskSpec,
-        agent: Agent,
+        agents: Mapping[str, Agent],
         emit: Emit,
         owner: str,
         limiter: LimiterClient,
         attempt: int,
+        memory: TaskMemory,
+        stop_reason: Callable[[], str | None],
     ) -> None:
-        self.ctx, self.spec, self.agent, self.emit = ctx, spec, agent, emit
+        self.ctx, self.spec, self.agents, self.emit = ctx, spec, agents, emit
         self.owner, self.limiter, self.attempt = owner, limiter, attempt
+        self.memory, self.stop_reason = memory, stop_reason
         self.task_id, self.repo = spec.task_id, spec.repo
         self.task_dir = ws.task_dir(ctx.work_root, ctx.run_id, spec.task_id)
         self.repo_path = self.task_dir / "repo"
@@ -168,11 +205,12 @@ class _Run:
                 lease_owner=self.owner,
                 clear_failure=True,
             )
-            base_sha = await self.prepare(checkpoints.get(Step.PREPARED))
-            checkpoints[Step.PREPARED] = {"base_sha": base_sha}
-            await self.checkpoint(Step.PREPARED, checkpoints[Step.PREPARED], durable=False)
-            await self.update(TaskState.PREPARING, base_sha=base_sha)
-            checkpoints[Step.AGENT_DONE] = await self.run_agent()
+            if self.memory.session is None or not self.repo_path.is_dir():
+                base_sha = await self.prepare(checkpoints.get(Step.PREPARED))
+                checkpoints[Step.PREPARED] = {"base_sha": base_sha}
+                await self.checkpoint(Step.PREPARED, checkpoints[Step.PREPARED], durable=False)
+                await self.update(TaskState.PREPARING, base_sha=base_sha)
+            checkpoints[Step.AGENT_DONE] = await self.run_agent(checkpoints[Step.PREPARED])
             await self.checkpoint(Step.AGENT_DONE, checkpoints[Step.AGENT_DONE], durable=True)
         base_sha = checkpoints[Step.PREPARED]["base_sha"]
 
@@ -241,28 +279,46 @@ class _Run:
         await asyncio.to_thread(ws.create_checkout, mirror, self.repo_path, base_sha)
         return str(base_sha)
 
-    async def run_agent(self) -> dict[str, Any]:
-        """Wait for the agent's limits, run it once; return the `agent_done` data."""
-        key, spec = route(self.ctx.limits, self.agent.limit_key)
-        try:
-            async with self.limiter.hold(
-                key, spec, timeout_s=self.ctx.limit_wait_timeout_s
-            ) as held:
-                await self.update(TaskState.RUNNING, attempt=self.attempt)
-                actx, exit = await self.supervise()
-                result = self.agent.parse(actx, exit)
-                if spec.tokens:
-                    await held.reconcile(result.input_tokens + result.output_tokens)
-        except LimitTimeout as exc:
-            raise TaskFailed(FailureClass.RATE_LIMITED, str(exc)) from exc
-        if result.limited_until is not None:
-            await self.limiter.report_limited(key, result.limited_until)
-        usage = {
-            "input_tokens": result.input_tokens,
-            "output_tokens": result.output_tokens,
-            "cost_usd": result.cost_usd or 0.0,
-            "limit_wait_s": round(held.grant_wait_s, 3),
-        }
+    async def run_agent(self, prepared: dict[str, Any]) -> dict[str, Any]:
+        """Take a route, run its agent once; return the `agent_done` data."""
+        ctx, memory = self.ctx, self.memory
+        reason = self.stop_reason()
+        if (
+            reason is None
+            and ctx.max_cost_per_task_usd
+            and memory.cost_usd >= ctx.max_cost_per_task_usd
+        ):
+            cap = ctx.max_cost_per_task_usd
+            reason = f"this task cost ${memory.cost_usd:.2f}, at --max-cost-per-task ${cap:g}"
+        if reason is not None:
+            raise TaskStopped(f"no agent started: {reason}")
+        routes = ctx.routes
+        chosen, hold, waited = await acquire_route(
+            routes, ctx.limits, self.limiter, ctx.limit_wait_timeout_s
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_exit(hold)  # entered by acquire_route; released on the way out
+            session = memory.session
+            if session is not None and session.provider != chosen.provider:
+                session = None  # another provider cannot continue it: start fresh
+                await self.prepare(prepared)
+            await self.update(TaskState.RUNNING, attempt=self.attempt)
+            agent = self.agents[chosen.key]
+            actx, exit = await self.supervise(agent, chosen, session)
+            result = agent.parse(actx, exit)
+            if hold.spec.tokens:
+                await hold.reconcile(
+                    result.input_tokens + result.output_tokens + result.cache_tokens
+                )
+        if result.failure_class is FailureClass.RATE_LIMITED or result.limited_until is not None:
+            await self.limiter.report_limited(
+                hold.key, result.limited_until or time.time() + DEFAULT_COOLDOWN_S
+            )
+        usage, totals = account(result, chosen, ctx.prices, session)
+        usage["limit_wait_s"] = round(waited, 3)
+        memory.cost_usd += usage["cost_usd"]
+        if result.session_id:
+            memory.session = Session(chosen.provider, result.session_id, totals)
         outcome = (
             "timeout"
             if exit.timed_out
@@ -276,7 +332,7 @@ class _Run:
             SessionEvent(
                 self.task_id,
                 self.attempt,
-                self.agent.name,
+                agent.name,
                 result.session_id,
                 exit.returncode,
                 exit.duration_s,
@@ -285,36 +341,44 @@ class _Run:
                 outcome,
             )
         ]
-        if result.input_tokens or result.output_tokens or result.cost_usd:
+        if usage["input_tokens"] or usage["output_tokens"] or usage["cost_usd"]:
             events.append(
                 UsageEvent(
                     self.task_id,
                     self.attempt,
-                    key,
-                    result.input_tokens,
-                    result.output_tokens,
-                    result.cost_usd or 0.0,
+                    chosen.key,
+                    usage["input_tokens"],
+                    usage["output_tokens"],
+                    usage["cost_usd"],
                 )
             )
         await self.emit(events, False)
         if exit.timed_out:
             raise TaskFailed(
                 FailureClass.TIMEOUT,
-                f"the agent ran longer than {self.ctx.agent.timeout_s:g}s and was killed",
+                f"the agent ran longer than {ctx.agent.timeout_s:g}s and was killed",
             )
         if exit.stalled:
             raise TaskFailed(
                 FailureClass.TIMEOUT,
-                f"the agent printed nothing for {self.ctx.agent.stall_timeout_s:g}s "
+                f"the agent printed nothing for {ctx.agent.stall_timeout_s:g}s "
                 "and was killed (stall timeout)",
             )
         if not result.ok:
             raise TaskFailed(
                 result.failure_class or FailureClass.AGENT, result.message or "the agent failed"
             )
-        return {"session_id": result.session_id, "exit_code": exit.returncode, "usage": usage}
+        return {
+            "session_id": result.session_id,
+            "exit_code": exit.returncode,
+            "provider": chosen.provider,
+            "mode": chosen.mode,
+            "usage": usage,
+        }
 
-    async def supervise(self) -> tuple[AgentContext, ProcessExit]:
+    async def supervise(
+        self, agent: Agent, chosen: Route, session: Session | None
+    ) -> tuple[AgentContext, ProcessExit]:
         """Start the agent in the checkout with its own HOME and allow-listed environment."""
         ctx, task_dir = self.ctx, self.task_dir
         home = task_dir / "home"
@@ -331,9 +395,15 @@ class _Run:
             task_dir=task_dir,
             home=home,
             prompt_file=prompt_file,
+            resume_session=session.session_id if session else None,
+            model=chosen.model,
+            base_url=chosen.base_url,
+            max_turns=chosen.max_turns,
+            mode=chosen.mode,
         )
-        invocation = self.agent.invocation(actx)
-        env = build_env(ctx.agent.env_allow, {"HOME": str(home), **ctx.agent.env, **invocation.env})
+        invocation = agent.invocation(actx)
+        extra = {"HOME": str(home), **ctx.agent.env, **chosen.env, **invocation.env}
+        env = build_env(ctx.agent.env_allow, extra)
         logs = task_dir / "logs"
         logs.mkdir(exist_ok=True)
         try:
@@ -356,9 +426,10 @@ class _Run:
 
     def commit(self, base_sha: str) -> str | None:
         ctx = self.ctx
-        existing = ws.existing_commit(self.repo_path, base_sha, ctx.branch)
-        if existing:
-            return existing
+        if self.spec.checkpoints:  # a resumed task may have committed before it stopped
+            existing = ws.existing_commit(self.repo_path, base_sha, ctx.branch)
+            if existing:
+                return existing
         message = ctx.git.message.format(
             run_name=ctx.run_name, run_id=ctx.run_id, repo_name=self.repo.name, branch=ctx.branch
         )

@@ -219,8 +219,8 @@ def commit_changes(
     Commits the agent made are squashed; files ignored by .gitignore stay out (also ones the
     agent forced in). Returns the new commit, now at local branch `branch`, or None when
     nothing differs from `base_sha` (and no branch is created). Hooks never run.
+    `branch` must have passed `validate_branch_name` (the driver checks it once per run).
     """
-    validate_branch_name(branch)
     _not_an_option(base_sha, "commit")
     # Detach HEAD at the base without touching any branch the agent made, then rebuild the
     # index from the base and the working tree.
@@ -242,7 +242,6 @@ def commit_changes(
 
 def existing_commit(repo: Path, base_sha: str, branch: str) -> str | None:
     """For resume: the commit at local `branch` if its only parent is `base_sha`, else None."""
-    validate_branch_name(branch)
     done = _run(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}"], repo)
     if done.returncode != 0:
         return None
@@ -259,7 +258,6 @@ def existing_commit(repo: Path, base_sha: str, branch: str) -> str | None:
 
 def push_branch(repo: Path, remote_url: str, sha: str, branch: str) -> str:
     """Publish `sha` as `branch` in `remote_url`, once: "pushed" or "up-to-date". Never forces."""
-    validate_branch_name(branch)
     _not_an_option(remote_url, "repository URL")
     _not_an_option(sha, "commit")
     ref = f"refs/heads/{branch}"
