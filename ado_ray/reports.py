@@ -21,6 +21,7 @@ def run_summary(
     counts: dict[str, int] = {}
     for task in tasks:
         counts[task.state.value] = counts.get(task.state.value, 0) + 1
+    rows = [_task(store, task) for task in tasks]
     return {
         "run_id": run.run_id,
         "name": run.name,
@@ -29,13 +30,47 @@ def run_summary(
         "created_at": run.created_at.isoformat(),
         "repo_list": run.repo_list,
         "counts": counts,
-        "tasks": [_task(store, task) for task in tasks],
+        "cost_usd": round(sum(row["cost_usd"] for row in rows), 6),
+        "usage": _totals(rows),
+        "tasks": [{k: v for k, v in row.items() if k != "_sessions"} for row in rows],
+    }
+
+
+def _totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cost, tokens and agent runs per provider and mode, over the run's sessions."""
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        for usage in row["_sessions"]:
+            key = (usage.get("provider") or "?", usage.get("mode") or "?")
+            entry = totals.setdefault(
+                key,
+                {
+                    "provider": key[0],
+                    "mode": key[1],
+                    "agent_runs": 0,
+                    "cost_usd": 0.0,
+                    "tokens": _tokens([]),
+                },
+            )
+            entry["agent_runs"] += 1
+            entry["cost_usd"] = round(entry["cost_usd"] + float(usage.get("cost_usd", 0.0)), 6)
+            for name, count in _tokens([usage]).items():
+                entry["tokens"][name] += count
+    return sorted(totals.values(), key=lambda entry: (entry["provider"], entry["mode"]))
+
+
+def _tokens(usages: list[dict[str, Any]]) -> dict[str, int]:
+    return {
+        name: sum(int(usage.get(f"{name}_tokens", 0)) for usage in usages)
+        for name in ("input", "output", "cache")
     }
 
 
 def _task(store: Store, task: TaskRecord) -> dict[str, Any]:
     checkpoints = store.checkpoints(task.task_id) if task.commit_sha else {}
     sessions = store.sessions(task.task_id)
+    last = sessions[-1] if sessions else None
+    usages = [session.usage for session in sessions]
     if not task.commit_sha:
         location = None
     elif Step.PUBLISHED in checkpoints:
@@ -54,11 +89,18 @@ def _task(store: Store, task: TaskRecord) -> dict[str, Any]:
         "where": location,
         "base_sha": task.base_sha,
         "attempts": task.attempt,
+        "agent": last.agent if last else None,
+        "provider": last.usage.get("provider") if last else None,
+        "mode": last.usage.get("mode") if last else None,
+        "session_id": last.session_id if last else None,
+        "cost_usd": round(sum(float(u.get("cost_usd", 0.0)) for u in usages), 6),
+        "tokens": _tokens(usages),
         "agent_s": round(sum(s.duration_s for s in sessions), 3),
         "limit_wait_s": round(sum(s.usage.get("limit_wait_s", 0.0) for s in sessions), 3),
         "failure_class": task.failure_class.value if task.failure_class else None,
         "error": task.error,
         "workspace": task.workspace,
+        "_sessions": usages,
     }
 
 
@@ -79,15 +121,29 @@ def to_markdown(summary: dict[str, Any]) -> str:
         "|---|---|",
         *(f"| {state} | {count} |" for state, count in summary["counts"].items()),
         "",
-        "| repository | state | commit | where / error |",
-        "|---|---|---|---|",
+        f"- cost: ${summary['cost_usd']:.4f}",
+        "",
+        "| provider | mode | agent runs | input tokens | output tokens | cost |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {u['provider']} | {u['mode']} | {u['agent_runs']} | {u['tokens']['input']} "
+            f"| {u['tokens']['output']} | ${u['cost_usd']:.4f} |"
+            for u in summary["usage"]
+        ),
+        "",
+        "| repository | state | mode | commit | cost | where / error |",
+        "|---|---|---|---|---|---|",
     ]
     for task in summary["tasks"]:
         commit = f"`{task['commit'][:10]}`" if task["commit"] else ""
         detail = task["where"] or ""
         if task["error"]:
             detail = f"{task['failure_class'] or 'error'}: {task['error']}"
-        lines.append(f"| {task['name']} | {task['state']} | {commit} | {_cell(detail)} |")
+        mode = f"{task['provider']} ({task['mode']})" if task["provider"] else ""
+        lines.append(
+            f"| {task['name']} | {task['state']} | {mode} | {commit} "
+            f"| ${task['cost_usd']:.4f} | {_cell(detail)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -145,7 +145,7 @@ def test_json_output_runs_status_and_reports(
     assert status["tasks"] == out["tasks"]
     assert "j1" in ado(tmp_path, "status", out["run_id"], check=True).stdout
     md = ado(tmp_path, "report", out["run_id"], "--format", "md", check=True).stdout
-    assert "| j1 | changed |" in md
+    assert "| j1 | changed | command (default) |" in md
     ado(tmp_path, "report", out["run_id"], "--format", "junit", "-o", "r.xml", check=True)
     assert 'tests="2" failures="0"' in (tmp_path / "r.xml").read_text()
 

@@ -155,10 +155,10 @@ def limiter_actor(settings: LimiterSettings, namespace: str) -> Any:
     CPU, and is restarted by Ray if its process dies (a memory backend then starts empty).
     """
     import ray
-    from ray.exceptions import GetTimeoutError
+    from ray.exceptions import GetTimeoutError, RayActorError
 
     actor_class: Any = ray.remote(RateLimiterService)  # Ray's stubs do not know its methods
-    handle = actor_class.options(
+    options = actor_class.options(
         name=ACTOR_NAME,
         namespace=namespace,
         lifetime="detached",
@@ -168,14 +168,25 @@ def limiter_actor(settings: LimiterSettings, namespace: str) -> Any:
         max_concurrency=MAX_CONCURRENCY,
         max_restarts=-1,
         max_task_retries=-1,
-    ).remote(settings)
-    try:
-        found: LimiterSettings = ray.get(handle.settings.remote(), timeout=START_TIMEOUT_S)
-    except GetTimeoutError as exc:
-        raise LimiterUnavailable(
-            f"the rate limiter {ACTOR_NAME!r} in Ray namespace {namespace!r} did not start "
-            f"within {START_TIMEOUT_S:g}s; check the head node with `ray status`"
-        ) from exc
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        handle = options.remote(settings)
+        try:
+            found: LimiterSettings = ray.get(
+                handle.settings.remote(), timeout=max(deadline - time.monotonic(), 0.1)
+            )
+            break
+        except RayActorError:
+            # A limiter that was just stopped keeps its name for a moment.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+        except GetTimeoutError as exc:
+            raise LimiterUnavailable(
+                f"the rate limiter {ACTOR_NAME!r} in Ray namespace {namespace!r} did not "
+                f"start within {START_TIMEOUT_S:g}s; check the head node with `ray status`"
+            ) from exc
     if found != settings:
         raise ConfigError(
             f"the rate limiter {ACTOR_NAME!r} in Ray namespace {namespace!r} already runs "
@@ -188,8 +199,9 @@ def limiter_actor(settings: LimiterSettings, namespace: str) -> Any:
     return handle
 
 
-def stop_limiter_actor(namespace: str) -> bool:
-    """Kill the limiter actor of `namespace`, if there is one; say whether there was."""
+def stop_limiter_actor(namespace: str, *, wait_s: float = 10.0) -> bool:
+    """Kill the limiter actor of `namespace`, if there is one, and wait up to `wait_s` for
+    its name to be free again; say whether there was one."""
     import ray
 
     try:
@@ -197,6 +209,13 @@ def stop_limiter_actor(namespace: str) -> bool:
     except ValueError:
         return False
     ray.kill(handle, no_restart=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(ACTOR_NAME, namespace=namespace)
+        except ValueError:
+            break
+        time.sleep(0.05)
     return True
 
 
