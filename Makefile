@@ -33,9 +33,12 @@ test: lint servers agents
 test-fast: install
 	$(BIN)/pytest -m "not integration and not e2e"
 
-bench: install
+bench: install servers
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/sink.py
+	$(BIN)/python bench/limiter.py
 
 demo: install
 	$(BIN)/python examples/demo.py
