@@ -66,6 +66,10 @@ class AgentResult:
 
 
 class Agent(Protocol):
+    """An adapter. It may also set `signals_limits = False` when its output can never
+    carry a provider limit (the `command` agent): then a key with no configured limits
+    costs no limiter call."""
+
     name: str
 
     @property

@@ -54,6 +54,7 @@ def split_template(cmd: str) -> list[str]:
 
 class CommandAgent:
     name = "command"
+    signals_limits = False  # a plain command never reports a provider's rate limit
 
     def __init__(self, settings: AgentSettings) -> None:
         if not settings.cmd:

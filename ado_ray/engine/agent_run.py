@@ -44,14 +44,39 @@ class TaskMemory:
     cost_usd: float = 0.0  # spent by this task so far (for --max-cost-per-task)
 
 
+class Unlimited:
+    """The hold of a key with no limits whose agent never signals one: no limiter call."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.spec = key, LimitSpec()
+
+    async def __aenter__(self) -> Unlimited:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def reconcile(self, actual_tokens: int) -> None:
+        return None
+
+
 async def acquire_route(
     routes: list[Route],
     limits: dict[str, LimitSpec],
     limiter: LimiterClient,
     timeout_s: float | None,
-) -> tuple[Route, Hold, float]:
-    """Hold the first route that admits; return it, its hold (entered) and the wait."""
+    signals_limits: bool = True,
+) -> tuple[Route, Hold | Unlimited, float]:
+    """Hold the first route that admits; return it, its hold (entered) and the wait.
+
+    When the only route's agent never reports a provider limit (`signals_limits` False),
+    its key can never cool down; with no configured limits there is nothing to ask.
+    """
     started = time.monotonic()
+    if len(routes) == 1 and not signals_limits:
+        key, spec = limit_route(limits, routes[0].key)
+        if spec == LimitSpec():
+            return routes[0], Unlimited(key), 0.0
     if len(routes) == 1:
         key, spec = limit_route(limits, routes[0].key)
         hold = limiter.hold(key, spec, timeout_s=timeout_s)

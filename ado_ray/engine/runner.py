@@ -24,18 +24,47 @@ INTERRUPTED = "interrupted; `ado resume` continues it from its last checkpoint"
 
 def sink_emitter(sink: Any) -> Emit:
     """Send events to the sink, whether it is a Ray actor handle or an in-process `Sink`."""
-    submit = sink.submit
-    if hasattr(submit, "remote"):
-
-        async def emit_remote(events: Sequence[Event], durable: bool) -> None:
-            await submit.remote(list(events), durable)
-
-        return emit_remote
+    if hasattr(sink.submit, "remote"):
+        return RemoteEmitter(sink)
 
     async def emit_local(events: Sequence[Event], durable: bool) -> None:
-        await submit(list(events), durable)
+        await sink.submit(list(events), durable)
 
     return emit_local
+
+
+class RemoteEmitter:
+    """A runner's events to the sink actor, fewer round trips, in order.
+
+    Non-durable events wait up to `delay_s` to travel with others (or with the next
+    durable call, which sends everything before it). One send at a time, so the sink
+    receives them in the order they were emitted (Ray does not order an async actor's
+    calls that were not awaited).
+    """
+
+    def __init__(self, sink: Any, delay_s: float = 0.1) -> None:
+        self.sink, self.delay_s = sink, delay_s
+        self.buffer: list[Event] = []
+        self.lock = asyncio.Lock()
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def __call__(self, events: Sequence[Event], durable: bool) -> None:
+        self.buffer.extend(events)
+        if durable:
+            await self.send(True)
+        elif self.flusher is None:
+            self.flusher = asyncio.ensure_future(self.flush_later())
+
+    async def flush_later(self) -> None:
+        await asyncio.sleep(self.delay_s)
+        self.flusher = None
+        await self.send(False)
+
+    async def send(self, durable: bool) -> None:
+        async with self.lock:
+            batch, self.buffer = self.buffer, []
+            if batch:
+                await self.sink.submit.remote(batch, durable)
 
 
 class AgentRunner:

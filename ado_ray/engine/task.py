@@ -293,8 +293,9 @@ class _Run:
         if reason is not None:
             raise TaskStopped(f"no agent started: {reason}")
         routes = ctx.routes
+        signals = any(getattr(self.agents[r.key], "signals_limits", True) for r in routes)
         chosen, hold, waited = await acquire_route(
-            routes, ctx.limits, self.limiter, ctx.limit_wait_timeout_s
+            routes, ctx.limits, self.limiter, ctx.limit_wait_timeout_s, signals
         )
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_exit(hold)  # entered by acquire_route; released on the way out
@@ -353,6 +354,10 @@ class _Run:
                 )
             )
         await self.emit(events, False)
+        if result.failure_class is FailureClass.RATE_LIMITED:  # even if we killed it mid-wait
+            raise TaskFailed(
+                FailureClass.RATE_LIMITED, result.message or "a provider limit was hit"
+            )
         if exit.timed_out:
             raise TaskFailed(
                 FailureClass.TIMEOUT,

@@ -74,10 +74,16 @@ def git(
     """Run `git *args` in `cwd` and return its stripped stdout; raise WorkspaceError on failure."""
     done = _run(args, cwd, env=env, timeout=timeout)
     if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:]) or "(no error output)"
-        command = f"git {' '.join(args)} (in {cwd})"
-        raise _error(f"{command} failed with exit code {done.returncode}: {tail}")
+        raise _failed(args, cwd, done)
     return done.stdout.strip()
+
+
+def _failed(
+    args: Sequence[str], cwd: Path | None, done: subprocess.CompletedProcess[str]
+) -> WorkspaceError:
+    tail = "\n".join(done.stderr.strip().splitlines()[-5:]) or "(no error output)"
+    command = f"git {' '.join(args)} (in {cwd})"
+    return _error(f"{command} failed with exit code {done.returncode}: {tail}")
 
 
 def _not_an_option(value: str, what: str) -> None:
@@ -157,9 +163,18 @@ def ensure_mirror(cache_root: Path, url: str) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=cache_root))
         try:
             staged = tmp / "mirror.git"
-            clone = ["clone", "--mirror", "--quiet", "--", url, str(staged)]
+            # gc.auto=0: checkouts borrow the mirror's objects, so it must never prune them.
+            clone = [
+                "clone",
+                "--mirror",
+                "--quiet",
+                "--config",
+                "gc.auto=0",
+                "--",
+                url,
+                str(staged),
+            ]
             git(clone, tmp, timeout=NETWORK_TIMEOUT_S)
-            git(["config", "gc.auto", "0"], staged)  # checkouts borrow its objects
             staged.rename(mirror)
         finally:
             remove_tree(tmp)
@@ -261,17 +276,20 @@ def push_branch(repo: Path, remote_url: str, sha: str, branch: str) -> str:
     _not_an_option(remote_url, "repository URL")
     _not_an_option(sha, "commit")
     ref = f"refs/heads/{branch}"
+    # --force-with-lease=<ref>: with no value: the push succeeds only if the branch is
+    # absent (or already at `sha`: "up to date"). One call, and nothing is overwritten.
+    push = [*_NO_HOOKS, "push", "--porcelain", "--no-verify", f"--force-with-lease={ref}:"]
+    done = _run([*push, remote_url, f"{sha}:{ref}"], repo, timeout=NETWORK_TIMEOUT_S)
+    # --porcelain: one "<flag>\t<from>:<to>\t<summary>" line per ref ("=" up to date, "!" rejected)
+    flags = [line[0] for line in done.stdout.splitlines() if line[1:2] == "\t"]
+    if done.returncode == 0:
+        return "up-to-date" if flags == ["="] else "pushed"
+    if flags != ["!"]:  # not a rejection: the remote is unreachable or broken
+        raise _failed([*push, remote_url, f"{sha}:{ref}"], repo, done)
     listing = git(["ls-remote", remote_url, ref], repo, timeout=NETWORK_TIMEOUT_S)
-    pairs = (line.split("\t", 1) for line in listing.splitlines())
-    remote_sha = {name: at for at, name in pairs}.get(ref)
-    if remote_sha == sha:
-        return "up-to-date"
-    if remote_sha is not None:
-        raise _error(
-            f"branch {branch} already exists in {remote_url} at {remote_sha[:12]}; "
-            f"expected it absent or at {sha[:12]}; "
-            "choose another --name or --branch, or delete that branch"
-        )
-    push = [*_NO_HOOKS, "push", "--quiet", "--no-verify", remote_url, f"{sha}:{ref}"]
-    git(push, repo, timeout=NETWORK_TIMEOUT_S)
-    return "pushed"
+    remote_sha = listing.split("\t", 1)[0] if listing else "(unknown)"
+    raise _error(
+        f"branch {branch} already exists in {remote_url} at {remote_sha[:12]}; "
+        f"expected it absent or at {sha[:12]}; "
+        "choose another --name or --branch, or delete that branch"
+    )
