@@ -1,0 +1,113 @@
+"""Subscription first, then failover: a real batch of Claude Code runs through two stubs.
+
+The "subscription" endpoint starts answering 429 mid-run; the tasks after that run on
+the "api" mode, every repository ends changed, and the store says which mode ran each
+task and what it cost. Only the model API is a stand-in (tests/stubs/anthropic.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ado_ray import api
+from ado_ray.engine.progress import LineProgress
+from ado_ray.store import open_store
+from tests.agents.conftest import cli_path
+from tests.conftest import git
+from tests.stubs.anthropic import AnthropicStub
+
+pytestmark = pytest.mark.integration
+
+
+def test_subscription_limit_mid_run_fails_over_to_the_api_mode(
+    ray_address: str, tmp_path: Path, make_repo: Callable[..., Path]
+) -> None:
+    repos = [make_repo(f"c{i}") for i in range(10)]
+    repo_list = tmp_path / "repos.txt"
+    repo_list.write_text("".join(f"{repo}\n" for repo in repos))
+    with AnthropicStub() as subscription, AnthropicStub() as api_stub:
+        subscription.retry_after = 120  # longer than the CLI will wait: it gives up at once
+        (tmp_path / "ado.yaml").write_text(
+            json.dumps(
+                {
+                    "providers": {
+                        "claude": {
+                            "agent": "claude",
+                            "cmd": str(cli_path("claude")),
+                            "modes": [
+                                {
+                                    "name": "subscription",
+                                    "priority": 1,
+                                    "base_url": subscription.url,
+                                    "env": {"ANTHROPIC_API_KEY": "sk-sub-stub"},
+                                },
+                                {
+                                    "name": "api",
+                                    "priority": 2,
+                                    "base_url": api_stub.url,
+                                    "env": {"ANTHROPIC_API_KEY": "sk-api-stub"},
+                                },
+                            ],
+                        }
+                    },
+                    "agent": {
+                        "name": "claude",
+                        "prompt": "create hello.txt",
+                        "env": {"CLAUDE_CODE_MAX_RETRIES": "0"},
+                        "timeout_s": 120,
+                    },
+                    "parallel": 2,
+                    "state": str(tmp_path / "state.db"),
+                    "work_root": str(tmp_path / "work"),
+                    "ray": {"namespace": f"failover-{uuid.uuid4().hex[:6]}"},
+                }
+            )
+        )
+
+        def flip() -> None:  # the subscription's limit is hit after three model calls
+            while subscription.count < 3:
+                time.sleep(0.05)
+            subscription.behaviour = "429"
+
+        flipper = threading.Thread(target=flip, daemon=True)
+        flipper.start()
+        out = io.StringIO()
+        result = api.start(
+            repo_list, api.ConfigSources(tmp_path / "ado.yaml"), out, LineProgress(out)
+        )
+        flipper.join(1)
+
+    assert result.counts == {"changed": 10}, out.getvalue()
+    for repo in repos:
+        assert git(repo, "show", f"{result.run.branch}:hello.txt") == "hi"
+    modes = [task["mode"] for task in result.summary["tasks"]]
+    assert "subscription" in modes and modes.count("api") >= 7  # after the flip: api only
+    assert sum(task["cost_usd"] for task in result.summary["tasks"]) == pytest.approx(
+        result.summary["cost_usd"]
+    )
+    per_mode = {(u["provider"], u["mode"]): u for u in result.summary["usage"]}
+    assert per_mode[("claude", "api")]["agent_runs"] >= 7
+    assert per_mode[("claude", "api")]["tokens"]["output"] > 0
+
+    # A task that met the limit: its subscription attempt is recorded, not as its failure.
+    store = open_store(str(tmp_path / "state.db"))
+    try:
+        limited = [
+            [(s.usage["mode"], s.outcome) for s in store.sessions(t.task_id)]
+            for t in store.list_tasks(result.run.run_id)
+        ]
+    finally:
+        store.close()
+    assert any(
+        ("subscription", "failed") in sessions and sessions[-1] == ("api", "ok")
+        for sessions in limited
+    )
+    assert all(task["failure_class"] is None for task in result.summary["tasks"])
