@@ -232,7 +232,8 @@ class _Run:
 
         if commit_sha is None:
             await self.update(TaskState.NO_CHANGE, durable=True)
-            return TaskOutcome(self.task_id, self.repo.key, TaskState.NO_CHANGE)
+            cost = self.memory.cost_usd
+            return TaskOutcome(self.task_id, self.repo.key, TaskState.NO_CHANGE, cost_usd=cost)
         pushed_to = None
         if not ctx.dry_run:
             await self.update(TaskState.PUBLISHING, lease_owner=self.owner)
@@ -255,6 +256,7 @@ class _Run:
             branch=ctx.branch,
             commit_sha=commit_sha,
             pushed_to=pushed_to,
+            cost_usd=self.memory.cost_usd,
         )
 
     async def prepare(self, prepared: dict[str, Any] | None) -> str:

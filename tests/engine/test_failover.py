@@ -111,3 +111,74 @@ def test_subscription_limit_mid_run_fails_over_to_the_api_mode(
         for sessions in limited
     )
     assert all(task["failure_class"] is None for task in result.summary["tasks"])
+
+
+def test_max_cost_stops_new_agent_starts_and_says_so(
+    ray_address: str, tmp_path: Path, make_repo: Callable[..., Path]
+) -> None:
+    """Each stubbed Claude run costs $0.001 (the CLI's own figure); the cap is $0.0025."""
+    repos = [make_repo(f"b{i}") for i in range(6)]
+    repo_list = tmp_path / "repos.txt"
+    repo_list.write_text("".join(f"{repo}\n" for repo in repos))
+    with AnthropicStub() as stub:
+        settings = {
+            "agent": {
+                "name": "claude",
+                "cmd": str(cli_path("claude")),
+                "prompt": "create hello.txt",
+                "env": {"ANTHROPIC_API_KEY": "sk-stub", "ANTHROPIC_BASE_URL": stub.url},
+            },
+            "parallel": 1,
+            "max_cost_usd": 0.0025,
+            "state": str(tmp_path / "state.db"),
+            "work_root": str(tmp_path / "work"),
+            "no_ray": True,
+        }
+        out = io.StringIO()
+        result = api.start(repo_list, api.ConfigSources(overrides=settings), out, LineProgress(out))
+        assert stub.count == 3 * 2  # three agent runs of two model calls each, then no more
+    assert result.counts == {"changed": 3, "skipped": 3}
+    assert result.exit_code == 1  # not every repository was done
+    skipped = [t for t in result.summary["tasks"] if t["state"] == "skipped"]
+    assert all("at --max-cost $0.0025" in t["error"] for t in skipped)
+    assert "starting no more agents" in out.getvalue()
+
+
+def test_max_cost_per_task_stops_a_task_that_keeps_retrying(
+    ray_address: str, tmp_path: Path, make_repo: Callable[..., Path]
+) -> None:
+    """The first model call succeeds (and costs), the second is overloaded (retryable):
+    the task's retry would start another agent, but it has reached its cap."""
+    repo_list = tmp_path / "repos.txt"
+    repo_list.write_text(f"{make_repo('pt')}\n")
+    with AnthropicStub() as stub:
+        settings = {
+            "agent": {
+                "name": "claude",
+                "cmd": str(cli_path("claude")),
+                "prompt": "create hello.txt",
+                "env": {
+                    "ANTHROPIC_API_KEY": "sk-stub",
+                    "ANTHROPIC_BASE_URL": stub.url,
+                    "CLAUDE_CODE_MAX_RETRIES": "0",
+                },
+            },
+            "max_attempts": 5,
+            "max_cost_per_task_usd": 0.0001,
+            "state": str(tmp_path / "state.db"),
+            "work_root": str(tmp_path / "work"),
+            "no_ray": True,
+        }
+
+        def overload_after_first_call() -> None:
+            while stub.count < 1:
+                time.sleep(0.01)
+            stub.behaviour = "529"
+
+        threading.Thread(target=overload_after_first_call, daemon=True).start()
+        out = io.StringIO()
+        result = api.start(repo_list, api.ConfigSources(overrides=settings), out, LineProgress(out))
+        assert stub.count == 2  # one agent run; no retry started
+    (task,) = result.summary["tasks"]
+    assert task["state"] == "skipped" and task["cost_usd"] > 0.0001
+    assert "at --max-cost-per-task $0.0001" in task["error"]
