@@ -374,5 +374,5 @@ def test_push_branch_never_overwrites(committed: tuple[Path, str], origin: Path)
 
 def test_push_branch_to_missing_remote_fails(committed: tuple[Path, str], tmp_path: Path) -> None:
     repo, sha = committed
-    with pytest.raises(WorkspaceError, match="push .* does not appear to be a git repository"):
+    with pytest.raises(WorkspaceError, match=r"push .* does not appear to be a git repository"):
         ws.push_branch(repo, str(tmp_path / "gone"), sha, "ado/x")
