@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from ado_ray.agents.routing import routes
 from ado_ray.config import Config
 from ado_ray.engine import workspace as ws
+from ado_ray.engine.agent_run import Session
 from ado_ray.engine.backends import Backend, LocalBackend, RayBackend, record_failure
 from ado_ray.engine.progress import Progress
 from ado_ray.engine.task import RunContext, TaskSpec
@@ -148,11 +149,22 @@ def _dead_local_owner(holder: str, host: str) -> bool:
 
 
 def task_specs(store: Store, tasks: Sequence[TaskRecord]) -> list[TaskSpec]:
-    return [
-        TaskSpec(t.task_id, t.repo, t.attempt, store.checkpoints(t.task_id))
-        for t in tasks
-        if not t.state.terminal
-    ]
+    """The unfinished tasks, with their checkpoints and any interrupted agent session."""
+    specs = []
+    for task in tasks:
+        if task.state.terminal:
+            continue
+        sessions = store.sessions(task.task_id)
+        last = sessions[-1] if sessions else None
+        session = None
+        if last is not None and last.outcome == "interrupted" and last.session_id:
+            session = Session(str(last.usage.get("provider")), last.session_id)
+        specs.append(
+            TaskSpec(
+                task.task_id, task.repo, task.attempt, store.checkpoints(task.task_id), session
+            )
+        )
+    return specs
 
 
 def drive(

@@ -84,6 +84,7 @@ class TaskSpec:
     repo: RepoSpec
     attempt: int  # agent attempts made so far
     checkpoints: dict[Step, dict[str, Any]] = field(default_factory=dict)
+    session: Session | None = None  # an interrupted agent session to continue
 
 
 class TaskFailed(Exception):
@@ -117,7 +118,7 @@ async def execute(
     `agents` maps each route's limit key to its adapter.
     """
     checkpoints = dict(spec.checkpoints)
-    memory = TaskMemory()
+    memory = TaskMemory(session=spec.session)
     tries = failures = 0
     while True:
         attempt = spec.attempt + tries + 1
@@ -205,7 +206,8 @@ class _Run:
                 lease_owner=self.owner,
                 clear_failure=True,
             )
-            if self.memory.session is None or not self.repo_path.is_dir():
+            resumable = Step.PREPARED in checkpoints and self.repo_path.is_dir()
+            if self.memory.session is None or not resumable:
                 base_sha = await self.prepare(checkpoints.get(Step.PREPARED))
                 checkpoints[Step.PREPARED] = {"base_sha": base_sha}
                 await self.checkpoint(Step.PREPARED, checkpoints[Step.PREPARED], durable=False)
@@ -413,13 +415,16 @@ class _Run:
         env = build_env(ctx.agent.env_allow, extra)
         logs = task_dir / "logs"
         logs.mkdir(exist_ok=True)
+        stdout_path = logs / f"attempt-{self.attempt}.stdout.log"
+        stderr_path = logs / f"attempt-{self.attempt}.stderr.log"
+        started = time.monotonic()
         try:
             exit = await run_supervised(
                 invocation.argv,
                 cwd=self.repo_path,
                 env=env,
-                stdout_path=logs / f"attempt-{self.attempt}.stdout.log",
-                stderr_path=logs / f"attempt-{self.attempt}.stderr.log",
+                stdout_path=stdout_path,
+                stderr_path=stderr_path,
                 timeout_s=ctx.agent.timeout_s,
                 stall_timeout_s=ctx.agent.stall_timeout_s,
                 kill_grace_s=ctx.agent.kill_grace_s,
@@ -427,6 +432,29 @@ class _Run:
             )
         except AgentError as exc:
             raise TaskFailed(FailureClass.INPUT, str(exc)) from exc
+        except asyncio.CancelledError:
+            # Interrupted (Ctrl-C): keep the agent's own session id so that a resume
+            # continues that session in this workspace instead of starting over.
+            cut = ProcessExit(
+                None, False, False, time.monotonic() - started, str(stdout_path), str(stderr_path)
+            )
+            session_id = None
+            with contextlib.suppress(Exception):  # a partial log: take what it says, if anything
+                session_id = agent.parse(actx, cut).session_id
+            usage = {"provider": chosen.provider, "mode": chosen.mode}
+            interrupted = SessionEvent(
+                self.task_id,
+                self.attempt,
+                agent.name,
+                session_id,
+                None,
+                cut.duration_s,
+                str(stdout_path),
+                usage,
+                "interrupted",
+            )
+            await asyncio.shield(self.emit([interrupted], True))
+            raise
         finally:
             (task_dir / PIDFILE).unlink(missing_ok=True)
         return actx, exit

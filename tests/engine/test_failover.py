@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -182,3 +185,65 @@ def test_max_cost_per_task_stops_a_task_that_keeps_retrying(
     (task,) = result.summary["tasks"]
     assert task["state"] == "skipped" and task["cost_usd"] > 0.0001
     assert "at --max-cost-per-task $0.0001" in task["error"]
+
+
+def test_ctrl_c_then_resume_continues_the_agents_own_session(
+    ray_address: str, tmp_path: Path, make_repo: Callable[..., Path]
+) -> None:
+    """The model hangs, the user presses Ctrl-C; `ado resume` runs Claude Code with
+    `--resume <its session id>` in the same workspace, and the session ends there."""
+    (tmp_path / "repos.txt").write_text(f"{make_repo('session')}\n")
+    with AnthropicStub() as stub:
+        stub.behaviour = "hang"
+        (tmp_path / "ado.yaml").write_text(
+            json.dumps(
+                {
+                    "agent": {
+                        "name": "claude",
+                        "cmd": str(cli_path("claude")),
+                        "prompt": "create hello.txt",
+                        "env": {"ANTHROPIC_API_KEY": "sk-stub", "ANTHROPIC_BASE_URL": stub.url},
+                    },
+                    "state": str(tmp_path / "state.db"),
+                    "work_root": str(tmp_path / "work"),
+                    "ray": {"address": ray_address},
+                    "interrupt_grace_s": 0.5,
+                }
+            )
+        )
+        command = [sys.executable, "-m", "ado_ray"]
+        driver = subprocess.Popen(
+            [*command, "batch", "repos.txt"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while stub.count < 1:  # the agent has started its session and waits for the model
+            assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+        assert driver.returncode == 130, out + err
+        stub.behaviour = "ok"
+        store = open_store(str(tmp_path / "state.db"))
+        try:
+            run_id = store.list_runs()[0].run_id
+            (task,) = store.list_tasks(run_id)
+            (interrupted,) = store.sessions(task.task_id)
+            assert interrupted.outcome == "interrupted" and interrupted.session_id
+            resumed = subprocess.run(
+                [*command, "resume", run_id],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+            sessions = [(s.outcome, s.session_id) for s in store.sessions(task.task_id)]
+        finally:
+            store.close()
+        assert sessions == [("interrupted", interrupted.session_id), ("ok", interrupted.session_id)]
+        last_call = stub.model_calls[-1]
+        assert len(last_call.messages) > 1  # the resumed call carries the earlier conversation
