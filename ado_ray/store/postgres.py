@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -34,8 +34,6 @@ from ado_ray.errors import ConfigError, StoreError, UnknownRunError
 from ado_ray.models import (
     CheckpointEvent,
     Event,
-    FailureClass,
-    RepoSpec,
     RunStatus,
     SessionEvent,
     Step,
@@ -45,12 +43,12 @@ from ado_ray.models import (
 )
 from ado_ray.store import describe_store
 from ado_ray.store.base import RunRecord, SessionRecord, TaskRecord
+from ado_ray.store.records import counts_by_run, decoded, run_record, session_record, task_record
 from ado_ray.store.sqlfiles import load_migrations, load_queries
 from ado_ray.store.sqlite import MIN_PREFIX
 
 Row = dict[str, Any]
 
-_STATE_ORDER = {state.value: i for i, state in enumerate(TaskState)}
 _STEP_ORDER = {step.value: i for i, step in enumerate(Step)}
 
 FIRST_WAIT_S = 0.25  # wait this long for a pooled connection before checking the server
@@ -117,53 +115,8 @@ def grouped_statements(events: Iterable[Event]) -> list[tuple[str, list[Row]]]:
     return list(groups.items())
 
 
-def _run_record(row: Row, counts: Mapping[str, int]) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        name=row["name"],
-        created_at=_utc(row["created_at"]),
-        status=RunStatus(row["status"]),
-        branch=row["branch"],
-        config=row["config"],
-        repo_list=row["repo_list"],
-        counts=dict(counts),
-    )
-
-
-def _task_record(row: Row) -> TaskRecord:
-    failure = row["failure_class"]
-    return TaskRecord(
-        task_id=row["task_id"],
-        run_id=row["run_id"],
-        seq=row["seq"],
-        repo=RepoSpec(**row["repo"]),
-        state=TaskState(row["state"]),
-        attempt=row["attempt"],
-        base_sha=row["base_sha"],
-        branch=row["branch"],
-        commit_sha=row["commit_sha"],
-        failure_class=FailureClass(failure) if failure is not None else None,
-        error=row["error"],
-        workspace=row["workspace"],
-        lease_owner=row["lease_owner"],
-        created_at=_utc(row["created_at"]),
-        updated_at=_utc(row["updated_at"]),
-    )
-
-
-def _session_record(row: Row) -> SessionRecord:
-    return SessionRecord(
-        task_id=row["task_id"],
-        attempt=row["attempt"],
-        agent=row["agent"],
-        session_id=row["session_id"],
-        exit_code=row["exit_code"],
-        duration_s=row["duration_s"],
-        log_path=row["log_path"],
-        usage=row["usage"],
-        outcome=row["outcome"],
-        created_at=_utc(row["created_at"]),
-    )
+def _row(row: Any) -> dict[str, Any]:
+    return decoded(row, lambda v: v, _utc)
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -384,25 +337,20 @@ class PostgresStore:
             if not rows:
                 raise self._unknown_run(run_id)
             counts = self._counts(conn, [rows[0]["run_id"]])
-        return _run_record(rows[0], counts.get(rows[0]["run_id"], {}))
+        return run_record(_row(rows[0]), counts.get(rows[0]["run_id"], {}))
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         with self._transaction("list runs") as conn:
             rows = self._rows(conn, "list_runs", {"limit": limit})
             counts = self._counts(conn, [row["run_id"] for row in rows])
-        return [_run_record(row, counts.get(row["run_id"], {})) for row in rows]
+        return [run_record(_row(row), counts.get(row["run_id"], {})) for row in rows]
 
     def _counts(
         self, conn: psycopg.Connection[Any], run_ids: list[str]
     ) -> dict[str, dict[str, int]]:
         """{run_id: {state: n}} with the states present, in TaskState order."""
         rows = conn.execute(self._sql["count_tasks"], {"run_ids": run_ids}).fetchall()
-        by_run: dict[str, dict[str, int]] = {}
-        for run_id, state, n in sorted(
-            rows, key=lambda r: _STATE_ORDER.get(r[1], len(_STATE_ORDER))
-        ):
-            by_run.setdefault(run_id, {})[state] = n
-        return by_run
+        return counts_by_run(rows)
 
     def set_run_status(self, run_id: str, status: RunStatus) -> None:
         with self._transaction(f"set status of run {run_id}") as conn:
@@ -413,7 +361,7 @@ class PostgresStore:
     def list_tasks(self, run_id: str) -> list[TaskRecord]:
         with self._transaction("list tasks") as conn:
             rows = self._rows(conn, "list_tasks", {"run_id": run_id})
-        return [_task_record(row) for row in rows]
+        return [task_record(_row(row)) for row in rows]
 
     def requeue_tasks(self, run_id: str, states: Sequence[TaskState]) -> int:
         """Also clears lease_owner; failure_class and error stay until the retry clears them."""
@@ -457,7 +405,7 @@ class PostgresStore:
     def sessions(self, task_id: str) -> list[SessionRecord]:
         with self._transaction("read sessions") as conn:
             rows = self._rows(conn, "sessions", {"task_id": task_id})
-        return [_session_record(row) for row in rows]
+        return [session_record(_row(row)) for row in rows]
 
     # one driver per run
 

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -28,8 +28,6 @@ from ado_ray.errors import ConfigError, StoreError, UnknownRunError
 from ado_ray.models import (
     CheckpointEvent,
     Event,
-    FailureClass,
-    RepoSpec,
     RunStatus,
     SessionEvent,
     Step,
@@ -38,11 +36,11 @@ from ado_ray.models import (
     UsageEvent,
 )
 from ado_ray.store.base import RunRecord, SessionRecord, TaskRecord
+from ado_ray.store.records import counts_by_run, decoded, run_record, session_record, task_record
 from ado_ray.store.sqlfiles import load_migrations, load_queries
 
 MIN_PREFIX = 4  # shortest run id prefix that get_run resolves
 
-_STATE_ORDER = {state.value: i for i, state in enumerate(TaskState)}
 _STEP_ORDER = {step.value: i for i, step in enumerate(Step)}
 
 
@@ -84,53 +82,8 @@ def _json(value: Any) -> str:
         raise StoreError(f"cannot store {value!r} as JSON: {exc}") from exc
 
 
-def _run_record(row: sqlite3.Row, counts: Mapping[str, int]) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        name=row["name"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-        status=RunStatus(row["status"]),
-        branch=row["branch"],
-        config=json.loads(row["config"]),
-        repo_list=row["repo_list"],
-        counts=dict(counts),
-    )
-
-
-def _task_record(row: sqlite3.Row) -> TaskRecord:
-    failure = row["failure_class"]
-    return TaskRecord(
-        task_id=row["task_id"],
-        run_id=row["run_id"],
-        seq=row["seq"],
-        repo=RepoSpec(**json.loads(row["repo"])),
-        state=TaskState(row["state"]),
-        attempt=row["attempt"],
-        base_sha=row["base_sha"],
-        branch=row["branch"],
-        commit_sha=row["commit_sha"],
-        failure_class=FailureClass(failure) if failure is not None else None,
-        error=row["error"],
-        workspace=row["workspace"],
-        lease_owner=row["lease_owner"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-        updated_at=datetime.fromisoformat(row["updated_at"]),
-    )
-
-
-def _session_record(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        task_id=row["task_id"],
-        attempt=row["attempt"],
-        agent=row["agent"],
-        session_id=row["session_id"],
-        exit_code=row["exit_code"],
-        duration_s=row["duration_s"],
-        log_path=row["log_path"],
-        usage=json.loads(row["usage"]),
-        outcome=row["outcome"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-    )
+def _row(row: Any) -> dict[str, Any]:
+    return decoded(dict(row), json.loads, datetime.fromisoformat)
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -303,25 +256,20 @@ class SQLiteStore:
             if row is None:
                 raise self._unknown_run(run_id)
             counts = self._counts(conn, [row["run_id"]])
-        return _run_record(row, counts.get(row["run_id"], {}))
+        return run_record(_row(row), counts.get(row["run_id"], {}))
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         with self._transaction("list runs", write=False) as conn:
             rows = conn.execute(self._sql["list_runs"], {"limit": limit}).fetchall()
             counts = self._counts(conn, [row["run_id"] for row in rows])
-        return [_run_record(row, counts.get(row["run_id"], {})) for row in rows]
+        return [run_record(_row(row), counts.get(row["run_id"], {})) for row in rows]
 
     def _counts(
         self, conn: sqlite3.Connection, run_ids: Iterable[str]
     ) -> dict[str, dict[str, int]]:
         """{run_id: {state: n}} with the states present, in TaskState order."""
         rows = conn.execute(self._sql["count_tasks"], {"run_ids": _json(list(run_ids))})
-        by_run: dict[str, dict[str, int]] = {}
-        for run_id, state, n in sorted(
-            rows, key=lambda r: _STATE_ORDER.get(r[1], len(_STATE_ORDER))
-        ):
-            by_run.setdefault(run_id, {})[state] = n
-        return by_run
+        return counts_by_run(rows)
 
     def set_run_status(self, run_id: str, status: RunStatus) -> None:
         with self._transaction(f"set status of run {run_id}") as conn:
@@ -332,7 +280,7 @@ class SQLiteStore:
     def list_tasks(self, run_id: str) -> list[TaskRecord]:
         with self._transaction("list tasks", write=False) as conn:
             rows = conn.execute(self._sql["list_tasks"], {"run_id": run_id}).fetchall()
-        return [_task_record(row) for row in rows]
+        return [task_record(_row(row)) for row in rows]
 
     def requeue_tasks(self, run_id: str, states: Sequence[TaskState]) -> int:
         """Also clears lease_owner; failure_class and error stay until the retry clears them."""
@@ -387,7 +335,7 @@ class SQLiteStore:
     def sessions(self, task_id: str) -> list[SessionRecord]:
         with self._transaction("read sessions", write=False) as conn:
             rows = conn.execute(self._sql["sessions"], {"task_id": task_id}).fetchall()
-        return [_session_record(row) for row in rows]
+        return [session_record(_row(row)) for row in rows]
 
     # one driver per run
 
