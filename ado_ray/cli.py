@@ -38,6 +38,7 @@ CONFIG_KEYS = {
     "dry_run": "dry_run",
     "no_ray": "no_ray",
     "ray_address": "ray.address",
+    "dashboard_url": "ray.dashboard_url",
     "dashboard": "ray.dashboard",
     "max_attempts": "max_attempts",
     "grace": "interrupt_grace_s",
@@ -237,6 +238,11 @@ def main() -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="No new agent run for a task that has cost this many USD.",
 )
+@_opt(
+    "--dashboard-url",
+    env="ADO_RAY_DASHBOARD",
+    help="Submit the run as a Ray job to the cluster whose dashboard this is (http://host:8265).",
+)
 @_opt("--plan", is_flag=True, env="ADO_PLAN", help="Print the resolved repository list and exit.")
 @_opt("--resume", "resume_id", env="ADO_RESUME", help="Continue this run instead of starting one.")
 @_opt(
@@ -259,11 +265,14 @@ def batch(
 ) -> None:
     """Run the agent in every repository of REPO_LIST (one per line; see the README)."""
     from ado_ray import api
+    from ado_ray.cluster import jobs
 
     sources = _sources(ctx, params)
     if resume_id:
         if repo_list is not None:
             raise UsageError("give either REPO_LIST or --resume RUN_ID, not both")
+        if jobs.job_mode(sources):  # a Ray dashboard is configured: run as a Ray job there
+            sys.exit(jobs.submit_resume(resume_id, sources, retry_failed, as_json=as_json))
         result = api.resume(resume_id, sources, retry_failed, _progress_stream(as_json))
     else:
         if repo_list is None:
@@ -271,6 +280,8 @@ def batch(
         if plan:
             click.echo(api.plan_text(repo_list, sources), nl=False)
             return
+        if jobs.job_mode(sources):
+            sys.exit(jobs.submit_batch(repo_list, sources, as_json=as_json))
         result = api.start(repo_list, sources, _progress_stream(as_json))
     _finish(result, as_json)
 
@@ -368,6 +379,26 @@ def report(ctx: click.Context, run_id: str, fmt: str, output: Path | None, **par
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+@main.command("watch")
+@click.argument("run_id")
+@_opt(
+    "--every",
+    env="ADO_WATCH_EVERY",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between looks at the store.",
+)
+@store_options
+@click.pass_context
+@handle_errors
+def watch_command(ctx: click.Context, run_id: str, every: float, **params: Any) -> None:
+    """Follow RUN_ID in the store until it ends (from any machine that reaches the store)."""
+    from ado_ray import watch
+
+    sys.exit(watch.watch(run_id, _sources(ctx, params), every_s=every))
 
 
 @main.command("limits")

@@ -32,7 +32,11 @@ BUILTIN_CONTEXTS: dict[str, dict[str, Any]] = {
     "kubernetes": {
         "state": "${ADO_STATE_URL}",
         "limiter": {"backend": "redis", "url": "${ADO_REDIS_URL}"},
-        "ray": {"address": "${ADO_RAY_ADDRESS}"},
+        "ray": {
+            "address": "${ADO_RAY_ADDRESS:-auto}",
+            # e.g. after `kubectl port-forward svc/<head> 8265`: `ado batch` runs as a Ray job
+            "dashboard_url": "${ADO_RAY_DASHBOARD:-http://127.0.0.1:8265}",
+        },
     },
 }
 CONTEXT_ALIASES = {"k8s": "kubernetes"}
@@ -101,6 +105,28 @@ class RaySettings(_Model):
     dashboard: bool = False  # only for a local instance: start the Ray dashboard too
     slots_per_runner: int = Field(default=25, ge=1)  # agents one runner actor supervises
     runner_num_cpus: float = Field(default=0.0, ge=0)
+    # A cluster's Ray dashboard (http://host:8265): `ado batch` then submits itself there as a
+    # Ray job (ado_ray/cluster/jobs.py) instead of driving the run from this machine.
+    dashboard_url: str | None = None
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _dashboard_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # an empty `${ADO_RAY_DASHBOARD:-}` turns job submission off
+        value = value.strip().rstrip("/")
+        if not re.match(r"https?://[^/\s]+", value):
+            raise ValueError(
+                f"'{value}' is not a Ray dashboard URL; expected http(s)://host:port, "
+                "e.g. http://127.0.0.1:8265"
+            )
+        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "a user or password in the Ray dashboard URL is refused (it would be shown "
+                "and stored); the Ray token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                "~/.ray/auth_token"
+            )
+        return value
 
 
 class Config(_Model):
