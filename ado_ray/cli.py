@@ -437,6 +437,49 @@ def limits_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
 
 
 @main.group()
+def cluster() -> None:
+    """Ray on Kubernetes without KubeRay: render the manifests (see deploy/README.md)."""
+
+
+@cluster.command("render")
+@_opt(
+    "--spec",
+    "spec_file",
+    env="ADO_CLUSTER_SPEC",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A ClusterSpec YAML file [default: the built-in spec].",
+)
+@_opt(
+    "--out",
+    env="ADO_CLUSTER_OUT",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where deploy/ and cluster/ are written.",
+)
+@_opt(
+    "--check",
+    is_flag=True,
+    env="ADO_CLUSTER_CHECK",
+    help="Write nothing; exit 1 if a file differs from what the spec renders.",
+)
+@handle_errors
+def cluster_render(spec_file: Path | None, out: Path, check: bool) -> None:
+    """Write the Kubernetes objects (kustomize) and the Ray autoscaler config for a spec."""
+    from ado_ray.cluster.render import render, stale, write
+    from ado_ray.cluster.spec import ClusterSpec, load_spec
+
+    rendered = render(load_spec(spec_file) if spec_file else ClusterSpec())
+    if check:
+        differing = stale(rendered, out)
+        for name in differing:
+            click.echo(name)
+        sys.exit(1 if differing else 0)
+    for written in write(rendered, out):
+        click.echo(str(written))
+
+
+@main.group()
 def config() -> None:
     """Show or check configuration."""
 

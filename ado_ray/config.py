@@ -34,6 +34,8 @@ BUILTIN_CONTEXTS: dict[str, dict[str, Any]] = {
         "limiter": {"backend": "redis", "url": "${ADO_REDIS_URL}"},
         "ray": {
             "address": "${ADO_RAY_ADDRESS:-auto}",
+            # a runner asks for a CPU: pending runners are what makes the autoscaler add pods
+            "runner_num_cpus": 1,
             # e.g. after `kubectl port-forward svc/<head> 8265`: `ado batch` runs as a Ray job
             "dashboard_url": "${ADO_RAY_DASHBOARD:-http://127.0.0.1:8265}",
         },
