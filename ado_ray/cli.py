@@ -479,6 +479,114 @@ def cluster_render(spec_file: Path | None, out: Path, check: bool) -> None:
         click.echo(str(written))
 
 
+def cluster_options(func: F) -> F:
+    options = [
+        _opt(
+            "--spec",
+            "spec_file",
+            env="ADO_CLUSTER_SPEC",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="A ClusterSpec YAML file [default: the built-in spec].",
+        ),
+        _opt(
+            "--kubeconfig",
+            env="KUBECONFIG",
+            help="The kubeconfig [default: ~/.kube/config, or in-cluster].",
+        ),
+        _opt("--kube-context", env="ADO_KUBE_CONTEXT", help="The kubeconfig context."),
+        _opt(
+            "--api-server",
+            env="ADO_KUBE_API_SERVER",
+            help="An API server URL to use as is (e.g. `kubectl proxy`'s).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _cluster(
+    spec_file: Path | None, kubeconfig: str | None, kube_context: str | None, api_server: str | None
+) -> tuple[Any, Any]:
+    from ado_ray.cluster.node_provider import KubernetesProviderConfig
+    from ado_ray.cluster.spec import ClusterSpec, load_spec
+
+    spec = load_spec(spec_file) if spec_file else ClusterSpec()
+    settings = KubernetesProviderConfig(
+        namespace=spec.namespace, kubeconfig=kubeconfig, context=kube_context, api_server=api_server
+    )
+    return spec, settings
+
+
+@cluster.command("up")
+@_opt(
+    "--overlay",
+    env="ADO_CLUSTER_OVERLAY",
+    type=click.Choice(["prod", "dev"]),
+    default="prod",
+    show_default=True,
+    help="dev bundles PostgreSQL and Redis.",
+)
+@_opt("--dry-run", is_flag=True, env="ADO_DRY_RUN", help="Print the objects; apply nothing.")
+@cluster_options
+@handle_errors
+def cluster_up(overlay: str, dry_run: bool, **params: Any) -> None:
+    """Apply the cluster's objects (server-side apply, field manager `ado`)."""
+    import yaml
+
+    from ado_ray.cluster import apply
+    from ado_ray.cluster.node_provider import api_client_for
+
+    spec, settings = _cluster(**params)
+    found = apply.overlay_objects(spec, overlay)
+    if dry_run:
+        click.echo(yaml.safe_dump_all(found, sort_keys=False), nl=False)
+        return
+    for line in apply.up(api_client_for(settings), found):
+        click.echo(f"applied {line}")
+
+
+@cluster.command("down")
+@_opt(
+    "--overlay",
+    env="ADO_CLUSTER_OVERLAY",
+    type=click.Choice(["prod", "dev"]),
+    default="prod",
+    show_default=True,
+)
+@cluster_options
+@handle_errors
+def cluster_down(overlay: str, **params: Any) -> None:
+    """Delete the cluster's objects (worker pods go with the namespace)."""
+    from ado_ray.cluster import apply
+    from ado_ray.cluster.node_provider import api_client_for
+
+    spec, settings = _cluster(**params)
+    for line in apply.down(api_client_for(settings), apply.overlay_objects(spec, overlay)):
+        click.echo(f"deleted {line}")
+
+
+@cluster.command("status")
+@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="One JSON object.")
+@cluster_options
+@handle_errors
+def cluster_status(as_json: bool, **params: Any) -> None:
+    """The head's readiness and the worker pods."""
+    from ado_ray.cluster import apply
+    from ado_ray.cluster.node_provider import api_client_for
+
+    spec, settings = _cluster(**params)
+    seen = apply.status(api_client_for(settings), spec)
+    if as_json:
+        click.echo(json.dumps(seen, indent=2))
+        return
+    head = seen["head"]
+    ready = "absent" if head is None else f"{head['ready']}/{head['wanted']} ready"
+    click.echo(f"head: {ready}")
+    for worker in seen["workers"]:
+        click.echo(f"worker {worker['name']}: {worker['phase']}")
+
+
 @main.group()
 def config() -> None:
     """Show or check configuration."""

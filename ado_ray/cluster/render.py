@@ -122,16 +122,22 @@ def kustomization(resources: list[str], patches: list[str] | None = None) -> str
     return HEADER + to_yaml(doc)
 
 
-def render(spec: ClusterSpec) -> Rendered:
-    """Every generated file; see the module's docstring."""
-    autoscaler = autoscaler_yaml(spec, spec.worker, spec.max_workers)
-    base = {
+def base_documents(spec: ClusterSpec, autoscaler: str | None = None) -> dict[str, list[Obj]]:
+    """`deploy/base/`'s objects, by file name."""
+    autoscaler = autoscaler or autoscaler_yaml(spec, spec.worker, spec.max_workers)
+    return {
         "namespace.yaml": [objects.namespace(spec)],
         "rbac.yaml": objects.rbac(spec),
         "autoscaler.yaml": [objects.config_map(spec, autoscaler)],
         "head.yaml": objects.head(spec),
         "network-policy.yaml": objects.network_policies(spec),
     }
+
+
+def render(spec: ClusterSpec) -> Rendered:
+    """Every generated file; see the module's docstring."""
+    autoscaler = autoscaler_yaml(spec, spec.worker, spec.max_workers)
+    base = base_documents(spec, autoscaler)
     dev_autoscaler = autoscaler_yaml(spec, spec.dev.worker, spec.dev.max_workers)
     files = {"cluster/k8s.yaml": autoscaler}
     files["deploy/base/kustomization.yaml"] = kustomization(list(base))
