@@ -117,3 +117,21 @@ def test_config_show_masks_secrets_and_validate_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(main, ["config", "validate", str(bad)])
     assert result.exit_code == 2
     assert "parallel: Input should be a valid integer" in result.output
+
+
+def test_ado_limits_shows_every_configured_key(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "limits:\n  command: {requests: ['5/2s', '1000/1d'], concurrency: 3}\n  git:github.com: {requests: ['10/1m']}\n",
+    )
+    result = CliRunner().invoke(main, ["limits", "--json", "--config", str(tmp_path / "ado.yaml")])
+    assert result.exit_code == 0, result.output
+    rows = {row["key"]: row for row in json.loads(result.output)}
+    assert set(rows) == {"command", "git:github.com"}
+    assert [(w["window"], w["limit"], w["used"]) for w in rows["command"]["requests"]] == [
+        ("5/2s", 5, 0),
+        ("1000/1d", 1000, 0),
+    ]
+    assert rows["command"]["concurrency"] == {"limit": 3, "active": 0, "leases": []}
+    text = CliRunner().invoke(main, ["limits", "--config", str(tmp_path / "ado.yaml")])
+    assert "command" in text.output and "0/5 per 2s, 0/1000 per 1d, holders 0/3" in text.output

@@ -276,7 +276,11 @@ async def _loop(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        await backend.close()
+        try:
+            await backend.close()
+        except StoreError:
+            if not health.store_gave_up:  # else: the message below says what to do
+                raise
     if health.store_gave_up:
         raise StoreError(
             f"the state store was unreachable for more than {config.store_outage_limit_s:g}s, "

@@ -7,6 +7,7 @@ creates (with its own backend settings) is not the one other tests use.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -288,3 +289,46 @@ def test_two_drivers_share_one_store_and_one_set_of_limits(
     assert '"changed": 4' in listed.stdout and listed.stdout.count('"run_id"') == 2
     for repo in ("a0", "b3"):
         assert git(tmp_path / "repos" / repo, "branch", "--list", "ado/*").strip()
+
+
+def test_a_store_outage_beyond_the_limit_stops_the_run_and_it_resumes(
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    script: Callable[[str, str], str],
+    pg_server: PostgresServer,
+    pg_url: str,
+) -> None:
+    """The driver is a real `ado batch` process: it stops, says why, exits; `ado resume`
+    (a new process) finishes the run once PostgreSQL is back."""
+    repo_list, log = fleet(tmp_path, make_repo, 6, prefix="o")
+    (tmp_path / "ado.yaml").write_text(
+        f"state: {pg_url}\nparallel: 2\nno_ray: true\nstore_outage_limit_s: 2\n"
+        f"interrupt_grace_s: 0\nwork_root: {tmp_path / 'work'}\n"
+    )
+    command = [sys.executable, "-m", "ado_ray"]
+    driver = subprocess.Popen(
+        [*command, "batch", str(repo_list), "--cmd", script("agent", AGENT) + " 0.5"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: log.exists() and sum(kind == "end" for _, kind in events(log)) >= 1)
+    pg_server.stop()
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 1, out + err
+    assert "unreachable for more than 2s, so the run stopped" in err and "ado resume" in err
+    assert "the store is unreachable since" in out
+
+    pg_server.start()
+    with psycopg.connect(pg_url) as conn:
+        (run_id,) = conn.execute("SELECT run_id FROM runs").fetchone() or ("",)
+    resumed = subprocess.run(
+        [*command, "resume", run_id, "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["counts"] == {"changed": 6}
