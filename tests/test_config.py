@@ -122,7 +122,8 @@ def test_config_show_masks_secrets_and_validate_exits_2(tmp_path: Path) -> None:
 def test_ado_limits_shows_every_configured_key(tmp_path: Path) -> None:
     write(
         tmp_path,
-        "limits:\n  command: {requests: ['5/2s', '1000/1d'], concurrency: 3}\n  git:github.com: {requests: ['10/1m']}\n",
+        "limits:\n  command: {requests: ['5/2s', '1000/1d'], concurrency: 3}\n"
+        "  git:github.com: {requests: ['10/1m']}\n",
     )
     result = CliRunner().invoke(main, ["limits", "--json", "--config", str(tmp_path / "ado.yaml")])
     assert result.exit_code == 0, result.output
