@@ -518,6 +518,19 @@ def _cluster(
     return spec, settings
 
 
+LOCAL_CLUSTER_DIR = Path(".ado/cluster")
+
+
+def local_option(func: F) -> F:
+    return _opt(
+        "--local",
+        is_flag=True,
+        env="ADO_CLUSTER_LOCAL",
+        help="A Ray cluster on this machine that autoscales with Ray's fake multi-node "
+        f"provider (kept in {LOCAL_CLUSTER_DIR}).",
+    )(func)
+
+
 @cluster.command("up")
 @_opt(
     "--overlay",
@@ -528,15 +541,50 @@ def _cluster(
     help="dev bundles PostgreSQL and Redis.",
 )
 @_opt("--dry-run", is_flag=True, env="ADO_DRY_RUN", help="Print the objects; apply nothing.")
+@_opt(
+    "--max-workers",
+    env="ADO_CLUSTER_MAX_WORKERS",
+    type=click.IntRange(1, 8),
+    default=2,
+    show_default=True,
+    help="With --local: worker nodes at most.",
+)
+@_opt(
+    "--idle-minutes",
+    env="ADO_CLUSTER_IDLE_MINUTES",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="With --local: idle time before a worker is removed.",
+)
+@local_option
 @cluster_options
 @handle_errors
-def cluster_up(overlay: str, dry_run: bool, **params: Any) -> None:
-    """Apply the cluster's objects (server-side apply, field manager `ado`)."""
+def cluster_up(
+    overlay: str, dry_run: bool, local: bool, max_workers: int, idle_minutes: float, **params: Any
+) -> None:
+    """Apply the cluster's objects (server-side apply, field manager `ado`), or --local."""
     import yaml
 
     from ado_ray.cluster import apply
     from ado_ray.cluster.node_provider import api_client_for
 
+    if local:
+        from ado_ray.cluster.local import start_local_cluster
+
+        started = start_local_cluster(LOCAL_CLUSTER_DIR, max_workers, idle_minutes)
+        click.echo(
+            f"a local autoscaling Ray cluster runs at {started.address} "
+            f"(dashboard {started.dashboard_url})"
+        )
+        click.echo(
+            "runners must ask for CPUs to make it grow; in ado.yaml: ray: {runner_num_cpus: 1}"
+        )
+        click.echo(
+            f"then: ado batch repos.txt --ray-address {started.address} ...; "
+            "stop it: ado cluster down --local"
+        )
+        return
     spec, settings = _cluster(**params)
     found = apply.overlay_objects(spec, overlay)
     if dry_run:
@@ -554,13 +602,20 @@ def cluster_up(overlay: str, dry_run: bool, **params: Any) -> None:
     default="prod",
     show_default=True,
 )
+@local_option
 @cluster_options
 @handle_errors
-def cluster_down(overlay: str, **params: Any) -> None:
-    """Delete the cluster's objects (worker pods go with the namespace)."""
+def cluster_down(overlay: str, local: bool, **params: Any) -> None:
+    """Delete the cluster's objects (worker pods go with the namespace), or --local."""
     from ado_ray.cluster import apply
     from ado_ray.cluster.node_provider import api_client_for
 
+    if local:
+        from ado_ray.cluster.local import stop_local_cluster
+
+        stopped = stop_local_cluster(LOCAL_CLUSTER_DIR)
+        click.echo("stopped the local cluster" if stopped else "no local cluster was running")
+        return
     spec, settings = _cluster(**params)
     for line in apply.down(api_client_for(settings), apply.overlay_objects(spec, overlay)):
         click.echo(f"deleted {line}")
@@ -568,13 +623,23 @@ def cluster_down(overlay: str, **params: Any) -> None:
 
 @cluster.command("status")
 @_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="One JSON object.")
+@local_option
 @cluster_options
 @handle_errors
-def cluster_status(as_json: bool, **params: Any) -> None:
-    """The head's readiness and the worker pods."""
+def cluster_status(as_json: bool, local: bool, **params: Any) -> None:
+    """The head's readiness and the worker pods, or the --local cluster's address."""
     from ado_ray.cluster import apply
     from ado_ray.cluster.node_provider import api_client_for
 
+    if local:
+        from ado_ray.cluster.local import LocalCluster
+
+        found = LocalCluster.load(LOCAL_CLUSTER_DIR)
+        up = found is not None and found.running
+        click.echo(
+            f"local cluster at {found.address}" if found and up else "no local cluster is running"
+        )
+        return
     spec, settings = _cluster(**params)
     seen = apply.status(api_client_for(settings), spec)
     if as_json:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Awaitable
 from typing import Any
 
+from ado_ray.cluster.ray_auth import load_token
 from ado_ray.config import Config
 from ado_ray.engine.runner import AgentRunner
 from ado_ray.engine.task import RunContext, TaskSpec
@@ -187,6 +188,11 @@ def init_ray(config: Config) -> bool:
         "logging_level": logging.WARNING,
     }
     if config.ray.address:
+        # Ray 2.60 turns token authentication on by itself only for a cluster it starts or
+        # finds with `auto`; a client given an address must be told, or it cannot join a
+        # cluster that wants the token (one without token auth accepts such a client too).
+        if "RAY_AUTH_MODE" not in os.environ and load_token(os.environ) is not None:
+            os.environ["RAY_AUTH_MODE"] = "token"
         ray.init(address=config.ray.address, **kwargs)
     else:
         ray.init(num_cpus=config.ray.num_cpus, include_dashboard=config.ray.dashboard, **kwargs)
