@@ -6,20 +6,18 @@ Exit codes: 0 every task changed or had no change, 1 a task failed, 2 bad usage 
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from ado_ray.errors import AdoError, UsageError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from ado_ray.cli_options import F, handle_errors, option
+from ado_ray.cluster.commands import cluster
+from ado_ray.errors import UsageError
 
 # click parameter → dotted config key; only parameters the user set (flag or ADO_* env) count.
 CONFIG_KEYS = {
@@ -48,24 +46,20 @@ CONFIG_KEYS = {
 }
 
 
-def _opt(*names: str, env: str | list[str], **kwargs: Any) -> Callable[[F], F]:
-    return click.option(*names, envvar=env, show_envvar=True, **kwargs)
-
-
 def store_options(func: F) -> F:
-    func = _opt(
+    func = option(
         "--config",
         "config_file",
         env="ADO_CONFIG",
         type=click.Path(dir_okay=False, path_type=Path),
         help="Config file (default: ./ado.yaml if present).",
     )(func)
-    func = _opt(
+    func = option(
         "--state",
         env=["ADO_STATE", "ADO_STATE_URL"],
         help="State store: a SQLite path or a store URL [default: .ado/state.db].",
     )(func)
-    func = _opt(
+    func = option(
         "--context",
         env="ADO_CONTEXT",
         help="Deployment context from the config: local, kubernetes (k8s), or your own.",
@@ -75,56 +69,56 @@ def store_options(func: F) -> F:
 
 def run_options(func: F) -> F:
     options = [
-        _opt(
+        option(
             "--parallel",
             "-p",
             env="ADO_PARALLEL",
             type=click.IntRange(1, 10_000),
             help="Agents running at once [default: 4].",
         ),
-        _opt(
+        option(
             "--timeout",
             env="ADO_TIMEOUT",
             type=click.FloatRange(min=0, min_open=True),
             help="Hard limit per agent run, seconds [default: 1800].",
         ),
-        _opt(
+        option(
             "--stall-timeout",
             env="ADO_STALL_TIMEOUT",
             type=click.FloatRange(min=0),
             help="Kill an agent silent this long, seconds; 0 disables [default: 600].",
         ),
-        _opt(
+        option(
             "--grace",
             env="ADO_GRACE",
             type=click.FloatRange(min=0),
             help="On Ctrl-C, seconds running agents get to finish [default: 20].",
         ),
-        _opt(
+        option(
             "--work-root",
             env="ADO_WORK_ROOT",
             type=click.Path(file_okay=False, path_type=Path),
             help="Clone cache and workspaces [default: .ado/work].",
         ),
-        _opt(
+        option(
             "--no-ray",
             is_flag=True,
             default=None,
             env="ADO_NO_RAY",
             help="Run tasks in this process (for debugging).",
         ),
-        _opt(
+        option(
             "--ray-address",
             env="ADO_RAY_ADDRESS",
             help="Join this Ray cluster instead of starting a local one.",
         ),
-        _opt(
+        option(
             "--dashboard/--no-dashboard",
             default=None,
             env="ADO_DASHBOARD",
             help="Start the Ray dashboard with a local instance.",
         ),
-        _opt(
+        option(
             "--json",
             "as_json",
             is_flag=True,
@@ -132,8 +126,8 @@ def run_options(func: F) -> F:
             help="Print one JSON object at the end; progress goes to stderr.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
+    for decorate in reversed(options):
+        func = decorate(func)
     return store_options(func)
 
 
@@ -161,91 +155,79 @@ def _sources(ctx: click.Context, params: dict[str, Any]) -> Any:
     return ConfigSources(params.get("config_file"), data, params.get("context"))
 
 
-def handle_errors(func: F) -> F:
-    """User mistakes exit 2 with the message; other ado-ray errors exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except UsageError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except AdoError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="ado-ray")
 def main() -> None:
     """Run an AI coding agent over many git repositories in parallel, on Ray."""
 
 
+main.add_command(cluster)
+
+
 @main.command()
 @click.argument("repo_list", type=click.Path(dir_okay=False, path_type=Path), required=False)
-@_opt("--agent", "-a", env="ADO_AGENT", help="Agent adapter [default: command].")
-@_opt(
+@option("--agent", "-a", env="ADO_AGENT", help="Agent adapter [default: command].")
+@option(
     "--cmd",
     env="ADO_CMD",
     help="The command agent's argv template, e.g. 'python fix.py {repo_path}'.",
 )
-@_opt("--prompt", env="ADO_PROMPT", help="Prompt text, written to {prompt_file} in each task.")
-@_opt(
+@option("--prompt", env="ADO_PROMPT", help="Prompt text, written to {prompt_file} in each task.")
+@option(
     "--prompt-file",
     env="ADO_PROMPT_FILE",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Read the prompt from this file.",
 )
-@_opt(
+@option(
     "--env-allow",
     env="ADO_ENV_ALLOW",
     multiple=True,
     help="Environment variables the agent may see (names or globs; repeatable, comma-separated).",
 )
-@_opt("--name", env="ADO_NAME", help="Run name [default: a short slug].")
-@_opt("--branch", env="ADO_BRANCH", help="Branch for the changes [default: ado/<run-name>].")
-@_opt(
+@option("--name", env="ADO_NAME", help="Run name [default: a short slug].")
+@option("--branch", env="ADO_BRANCH", help="Branch for the changes [default: ado/<run-name>].")
+@option(
     "--dry-run",
     is_flag=True,
     default=None,
     env="ADO_DRY_RUN",
     help="Commit in the workspaces only; push nothing.",
 )
-@_opt(
+@option(
     "--max-attempts",
     env="ADO_MAX_ATTEMPTS",
     type=click.IntRange(1, 100),
     help="Attempts for retryable failures [default: 2].",
 )
-@_opt(
+@option(
     "--fallback/--no-fallback",
     default=None,
     env="ADO_FALLBACK",
     help="On a provider limit, move to the next mode (default) or wait for the reset.",
 )
-@_opt(
+@option(
     "--max-cost",
     env="ADO_MAX_COST",
     type=click.FloatRange(min=0, min_open=True),
     help="Stop starting agents once the run has cost this many USD.",
 )
-@_opt(
+@option(
     "--max-cost-per-task",
     env="ADO_MAX_COST_PER_TASK",
     type=click.FloatRange(min=0, min_open=True),
     help="No new agent run for a task that has cost this many USD.",
 )
-@_opt(
+@option(
     "--dashboard-url",
     env="ADO_RAY_DASHBOARD",
     help="Submit the run as a Ray job to the cluster whose dashboard this is (http://host:8265).",
 )
-@_opt("--plan", is_flag=True, env="ADO_PLAN", help="Print the resolved repository list and exit.")
-@_opt("--resume", "resume_id", env="ADO_RESUME", help="Continue this run instead of starting one.")
-@_opt(
+@option("--plan", is_flag=True, env="ADO_PLAN", help="Print the resolved repository list and exit.")
+@option(
+    "--resume", "resume_id", env="ADO_RESUME", help="Continue this run instead of starting one."
+)
+@option(
     "--retry-failed",
     is_flag=True,
     env="ADO_RETRY_FAILED",
@@ -288,7 +270,7 @@ def batch(
 
 @main.command()
 @click.argument("run_id")
-@_opt("--retry-failed", is_flag=True, env="ADO_RETRY_FAILED", help="Run failed tasks again.")
+@option("--retry-failed", is_flag=True, env="ADO_RETRY_FAILED", help="Run failed tasks again.")
 @run_options
 @click.pass_context
 @handle_errors
@@ -307,7 +289,7 @@ def resume(
 
 
 @main.command()
-@_opt(
+@option(
     "--limit",
     env="ADO_LIMIT",
     type=click.IntRange(1),
@@ -315,7 +297,7 @@ def resume(
     show_default=True,
     help="How many runs.",
 )
-@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="A JSON array, newest first.")
+@option("--json", "as_json", is_flag=True, env="ADO_JSON", help="A JSON array, newest first.")
 @store_options
 @click.pass_context
 @handle_errors
@@ -335,7 +317,7 @@ def runs(ctx: click.Context, limit: int, as_json: bool, **params: Any) -> None:
 
 @main.command()
 @click.argument("run_id")
-@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="The run as one JSON object.")
+@option("--json", "as_json", is_flag=True, env="ADO_JSON", help="The run as one JSON object.")
 @store_options
 @click.pass_context
 @handle_errors
@@ -352,7 +334,7 @@ def status(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> Non
 
 @main.command()
 @click.argument("run_id")
-@_opt(
+@option(
     "--format",
     "fmt",
     env="ADO_REPORT_FORMAT",
@@ -360,7 +342,7 @@ def status(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> Non
     default="md",
     show_default=True,
 )
-@_opt(
+@option(
     "--output",
     "-o",
     env="ADO_REPORT_OUTPUT",
@@ -383,7 +365,7 @@ def report(ctx: click.Context, run_id: str, fmt: str, output: Path | None, **par
 
 @main.command("watch")
 @click.argument("run_id")
-@_opt(
+@option(
     "--every",
     env="ADO_WATCH_EVERY",
     type=click.FloatRange(min=0.2),
@@ -402,8 +384,8 @@ def watch_command(ctx: click.Context, run_id: str, every: float, **params: Any) 
 
 
 @main.command("limits")
-@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="A JSON array, one object per key.")
-@_opt(
+@option("--json", "as_json", is_flag=True, env="ADO_JSON", help="A JSON array, one object per key.")
+@option(
     "--ray-address", env="ADO_RAY_ADDRESS", help="Read the in-memory limiter of this Ray cluster."
 )
 @store_options
@@ -437,228 +419,12 @@ def limits_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
 
 
 @main.group()
-def cluster() -> None:
-    """Ray on Kubernetes without KubeRay: render the manifests (see deploy/README.md)."""
-
-
-@cluster.command("render")
-@_opt(
-    "--spec",
-    "spec_file",
-    env="ADO_CLUSTER_SPEC",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="A ClusterSpec YAML file [default: the built-in spec].",
-)
-@_opt(
-    "--out",
-    env="ADO_CLUSTER_OUT",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Where deploy/ and cluster/ are written.",
-)
-@_opt(
-    "--check",
-    is_flag=True,
-    env="ADO_CLUSTER_CHECK",
-    help="Write nothing; exit 1 if a file differs from what the spec renders.",
-)
-@handle_errors
-def cluster_render(spec_file: Path | None, out: Path, check: bool) -> None:
-    """Write the Kubernetes objects (kustomize) and the Ray autoscaler config for a spec."""
-    from ado_ray.cluster.render import render, stale, write
-    from ado_ray.cluster.spec import ClusterSpec, load_spec
-
-    rendered = render(load_spec(spec_file) if spec_file else ClusterSpec())
-    if check:
-        differing = stale(rendered, out)
-        for name in differing:
-            click.echo(name)
-        sys.exit(1 if differing else 0)
-    for written in write(rendered, out):
-        click.echo(str(written))
-
-
-def cluster_options(func: F) -> F:
-    options = [
-        _opt(
-            "--spec",
-            "spec_file",
-            env="ADO_CLUSTER_SPEC",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="A ClusterSpec YAML file [default: the built-in spec].",
-        ),
-        _opt(
-            "--kubeconfig",
-            env="KUBECONFIG",
-            help="The kubeconfig [default: ~/.kube/config, or in-cluster].",
-        ),
-        _opt("--kube-context", env="ADO_KUBE_CONTEXT", help="The kubeconfig context."),
-        _opt(
-            "--api-server",
-            env="ADO_KUBE_API_SERVER",
-            help="An API server URL to use as is (e.g. `kubectl proxy`'s).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _cluster(
-    spec_file: Path | None, kubeconfig: str | None, kube_context: str | None, api_server: str | None
-) -> tuple[Any, Any]:
-    from ado_ray.cluster.node_provider import KubernetesProviderConfig
-    from ado_ray.cluster.spec import ClusterSpec, load_spec
-
-    spec = load_spec(spec_file) if spec_file else ClusterSpec()
-    settings = KubernetesProviderConfig(
-        namespace=spec.namespace, kubeconfig=kubeconfig, context=kube_context, api_server=api_server
-    )
-    return spec, settings
-
-
-LOCAL_CLUSTER_DIR = Path(".ado/cluster")
-
-
-def local_option(func: F) -> F:
-    return _opt(
-        "--local",
-        is_flag=True,
-        env="ADO_CLUSTER_LOCAL",
-        help="A Ray cluster on this machine that autoscales with Ray's fake multi-node "
-        f"provider (kept in {LOCAL_CLUSTER_DIR}).",
-    )(func)
-
-
-@cluster.command("up")
-@_opt(
-    "--overlay",
-    env="ADO_CLUSTER_OVERLAY",
-    type=click.Choice(["prod", "dev"]),
-    default="prod",
-    show_default=True,
-    help="dev bundles PostgreSQL and Redis.",
-)
-@_opt("--dry-run", is_flag=True, env="ADO_DRY_RUN", help="Print the objects; apply nothing.")
-@_opt(
-    "--max-workers",
-    env="ADO_CLUSTER_MAX_WORKERS",
-    type=click.IntRange(1, 8),
-    default=2,
-    show_default=True,
-    help="With --local: worker nodes at most.",
-)
-@_opt(
-    "--idle-minutes",
-    env="ADO_CLUSTER_IDLE_MINUTES",
-    type=click.FloatRange(min=0.1),
-    default=1.0,
-    show_default=True,
-    help="With --local: idle time before a worker is removed.",
-)
-@local_option
-@cluster_options
-@handle_errors
-def cluster_up(
-    overlay: str, dry_run: bool, local: bool, max_workers: int, idle_minutes: float, **params: Any
-) -> None:
-    """Apply the cluster's objects (server-side apply, field manager `ado`), or --local."""
-    import yaml
-
-    from ado_ray.cluster import apply
-    from ado_ray.cluster.node_provider import api_client_for
-
-    if local:
-        from ado_ray.cluster.local import start_local_cluster
-
-        started = start_local_cluster(LOCAL_CLUSTER_DIR, max_workers, idle_minutes)
-        click.echo(
-            f"a local autoscaling Ray cluster runs at {started.address} "
-            f"(dashboard {started.dashboard_url})"
-        )
-        click.echo(
-            "runners must ask for CPUs to make it grow; in ado.yaml: ray: {runner_num_cpus: 1}"
-        )
-        click.echo(
-            f"then: ado batch repos.txt --ray-address {started.address} ...; "
-            "stop it: ado cluster down --local"
-        )
-        return
-    spec, settings = _cluster(**params)
-    found = apply.overlay_objects(spec, overlay)
-    if dry_run:
-        click.echo(yaml.safe_dump_all(found, sort_keys=False), nl=False)
-        return
-    for line in apply.up(api_client_for(settings), found):
-        click.echo(f"applied {line}")
-
-
-@cluster.command("down")
-@_opt(
-    "--overlay",
-    env="ADO_CLUSTER_OVERLAY",
-    type=click.Choice(["prod", "dev"]),
-    default="prod",
-    show_default=True,
-)
-@local_option
-@cluster_options
-@handle_errors
-def cluster_down(overlay: str, local: bool, **params: Any) -> None:
-    """Delete the cluster's objects (worker pods go with the namespace), or --local."""
-    from ado_ray.cluster import apply
-    from ado_ray.cluster.node_provider import api_client_for
-
-    if local:
-        from ado_ray.cluster.local import stop_local_cluster
-
-        stopped = stop_local_cluster(LOCAL_CLUSTER_DIR)
-        click.echo("stopped the local cluster" if stopped else "no local cluster was running")
-        return
-    spec, settings = _cluster(**params)
-    for line in apply.down(api_client_for(settings), apply.overlay_objects(spec, overlay)):
-        click.echo(f"deleted {line}")
-
-
-@cluster.command("status")
-@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="One JSON object.")
-@local_option
-@cluster_options
-@handle_errors
-def cluster_status(as_json: bool, local: bool, **params: Any) -> None:
-    """The head's readiness and the worker pods, or the --local cluster's address."""
-    from ado_ray.cluster import apply
-    from ado_ray.cluster.node_provider import api_client_for
-
-    if local:
-        from ado_ray.cluster.local import LocalCluster
-
-        found = LocalCluster.load(LOCAL_CLUSTER_DIR)
-        up = found is not None and found.running
-        click.echo(
-            f"local cluster at {found.address}" if found and up else "no local cluster is running"
-        )
-        return
-    spec, settings = _cluster(**params)
-    seen = apply.status(api_client_for(settings), spec)
-    if as_json:
-        click.echo(json.dumps(seen, indent=2))
-        return
-    head = seen["head"]
-    ready = "absent" if head is None else f"{head['ready']}/{head['wanted']} ready"
-    click.echo(f"head: {ready}")
-    for worker in seen["workers"]:
-        click.echo(f"worker {worker['name']}: {worker['phase']}")
-
-
-@main.group()
 def config() -> None:
     """Show or check configuration."""
 
 
 @config.command("show")
-@_opt("--json", "as_json", is_flag=True, env="ADO_JSON", help="JSON instead of YAML.")
+@option("--json", "as_json", is_flag=True, env="ADO_JSON", help="JSON instead of YAML.")
 @store_options
 @click.pass_context
 @handle_errors
@@ -676,7 +442,7 @@ def config_show(ctx: click.Context, as_json: bool, **params: Any) -> None:
 
 @config.command("validate")
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
-@_opt("--context", env="ADO_CONTEXT", help="Also resolve this context.")
+@option("--context", env="ADO_CONTEXT", help="Also resolve this context.")
 @handle_errors
 def config_validate(config_file: Path, context: str | None) -> None:
     """Check CONFIG_FILE: exit 0 if valid, else 2 with every problem."""

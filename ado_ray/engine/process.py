@@ -13,6 +13,7 @@ import errno
 import fnmatch
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -156,3 +157,38 @@ async def run_supervised(
         stdout_path=str(stdout_path),
         stderr_path=str(stderr_path),
     )
+
+
+# --- stale agents ------------------------------------------------------------------------
+# A killed driver takes its runner actors with it, but an agent leads its own process group
+# and outlives them. Before a task's workspace is rebuilt, kill what is left of its agent.
+
+PIDFILE = "agent.pid"
+
+
+def write_pidfile(task_dir: Path, pid: int) -> None:
+    (task_dir / PIDFILE).write_text(f"{socket.gethostname()} {pid}\n", encoding="utf-8")
+
+
+def kill_stale_agent(task_dir: Path) -> bool:
+    """Kill the process group named in the task's pid file if it is still this task's agent."""
+    try:
+        host, pid_text = (task_dir / PIDFILE).read_text(encoding="utf-8").split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return False
+    (task_dir / PIDFILE).unlink(missing_ok=True)
+    if host != socket.gethostname():
+        return False
+    try:  # the process's working directory proves it is ours and not a recycled pid
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False
+    if not cwd.is_relative_to(task_dir):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    return True

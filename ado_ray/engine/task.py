@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -30,7 +27,13 @@ from ado_ray.agents.routing import Route
 from ado_ray.config import AgentSettings, GitSettings, Price
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.agent_run import Session, TaskMemory, account, acquire_route
-from ado_ray.engine.process import build_env, run_supervised
+from ado_ray.engine.process import (
+    PIDFILE,
+    build_env,
+    kill_stale_agent,
+    run_supervised,
+    write_pidfile,
+)
 from ado_ray.errors import AgentError, WorkspaceError
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.limits.base import LimitSpec, LimitTimeout
@@ -428,7 +431,7 @@ class _Run:
                 timeout_s=ctx.agent.timeout_s,
                 stall_timeout_s=ctx.agent.stall_timeout_s,
                 kill_grace_s=ctx.agent.kill_grace_s,
-                on_start=lambda pid: _write_pidfile(task_dir, pid),
+                on_start=lambda pid: write_pidfile(task_dir, pid),
             )
         except AgentError as exc:
             raise TaskFailed(FailureClass.INPUT, str(exc)) from exc
@@ -471,38 +474,3 @@ class _Run:
         return ws.commit_changes(
             self.repo_path, base_sha, ctx.branch, message, ctx.git.author_name, ctx.git.author_email
         )
-
-
-# --- stale agents ------------------------------------------------------------------------
-# A killed driver takes its runner actors with it, but an agent leads its own process group
-# and outlives them. Before a task's workspace is rebuilt, kill what is left of its agent.
-
-PIDFILE = "agent.pid"
-
-
-def _write_pidfile(task_dir: Path, pid: int) -> None:
-    (task_dir / PIDFILE).write_text(f"{socket.gethostname()} {pid}\n", encoding="utf-8")
-
-
-def kill_stale_agent(task_dir: Path) -> bool:
-    """Kill the process group named in the task's pid file if it is still this task's agent."""
-    try:
-        host, pid_text = (task_dir / PIDFILE).read_text(encoding="utf-8").split()
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        return False
-    (task_dir / PIDFILE).unlink(missing_ok=True)
-    if host != socket.gethostname():
-        return False
-    try:  # the process's working directory proves it is ours and not a recycled pid
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return False
-    if not cwd.is_relative_to(task_dir):
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.05)
-    return True
