@@ -25,15 +25,14 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
+from ado_ray.agents.common import json_events, prompt_argument, tail
 from ado_ray.agents.limit_text import parse_reset
 from ado_ray.config import AgentSettings
-from ado_ray.errors import UsageError
 from ado_ray.models import FailureClass, ProcessExit
 
 DEFAULT_MAX_RETRIES = "2"
@@ -43,7 +42,6 @@ QUIET_ENV = {
     "DISABLE_AUTOUPDATER": "1",
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
 }
-MAX_PROMPT_BYTES = 120_000  # Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN)
 LIMIT_FALLBACK_S = 60.0  # a rate limit that says nothing of its reset: wait this long
 ACCOUNT_KEYS = ("oauthAccount", "userID")  # what of ~/.claude.json a subscription login needs
 LIMIT_TEXT = re.compile(r"usage limit reached|hit your (?:[\w-]+ )?limit|rate_limit_error", re.I)
@@ -70,7 +68,9 @@ class ClaudeAgent:
         return self.name
 
     def invocation(self, ctx: AgentContext) -> Invocation:
-        argv = [self.executable, "-p", _prompt(ctx)]
+        prompt = prompt_argument(ctx, "claude")
+        # The CLI takes a prompt that starts with '-' for an option, even after '--'.
+        argv = [self.executable, "-p", " " + prompt if prompt.startswith("-") else prompt]
         argv += ["--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits"]
         if ctx.model:
             argv += ["--model", ctx.model]
@@ -122,36 +122,10 @@ class ClaudeAgent:
         return _Stream(Path(exit.stdout_path)).agent_result(exit)
 
 
-def _prompt(ctx: AgentContext) -> str:
-    if ctx.prompt_file is None:
-        raise UsageError("the claude agent needs --prompt or --prompt-file")
-    text = ctx.prompt_file.read_text(encoding="utf-8")
-    if not text.strip():
-        raise UsageError(f"{ctx.prompt_file}: the prompt is empty; expected the task for Claude")
-    if len(text.encode()) > MAX_PROMPT_BYTES:
-        raise UsageError(
-            f"{ctx.prompt_file}: the prompt has {len(text.encode())} bytes; the claude agent "
-            f"passes it as one argument, at most {MAX_PROMPT_BYTES} bytes: shorten it, or "
-            "point the prompt at a file in the repository"
-        )
-    # The CLI takes a prompt that starts with '-' for an option, even after '--'.
-    return " " + text if text.startswith("-") else text
-
-
 def _has_session(config_dir: Path, session_id: str) -> bool:
     """Whether the task's config dir holds the session's transcript, which `--resume` needs
     (else the CLI fails with "No conversation found"; without it, the task starts over)."""
     return any((config_dir / "projects").glob(f"*/{glob.escape(session_id)}.jsonl"))
-
-
-def _tail(path: Path, limit: int = 2000) -> str:
-    """The end of a log (stderr), for limit texts and error messages."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - limit))
-            return handle.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -160,25 +134,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _events(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a JSONL file; other lines (and a truncated last one) skipped."""
-    try:
-        handle = path.open(encoding="utf-8", errors="replace")
-    except OSError:
-        return
-    with handle:
-        for line in handle:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                yield event
 
 
 class _Stream:
@@ -194,7 +149,7 @@ class _Stream:
         self.api_errors: list[str] = []  # texts of the CLI's synthetic API-error messages
         self.error_kinds: set[str] = set()  # their `error`: rate_limit, authentication_failed
         self.retrying = False  # the last event: the CLI sleeps before retrying after a 429
-        for event in _events(stdout):
+        for event in json_events(stdout):
             self._read(event)
         try:
             self.finished = stdout.stat().st_mtime  # when the CLI last wrote
@@ -268,7 +223,7 @@ class _Stream:
         if res is None:  # it crashed, or was killed: the stderr's last line says most
             killed = exit.returncode is None or exit.returncode < 0
             said = _first_line("\n".join(self.api_errors))
-            said = said or _first_line(_tail(Path(exit.stderr_path)), last=True) or "no output"
+            said = said or _first_line(tail(Path(exit.stderr_path)), last=True) or "no output"
             return (
                 FailureClass.INFRA if killed else FailureClass.AGENT,
                 f"claude exited with code {exit.returncode} and no result: {said}",
@@ -304,7 +259,7 @@ class _Stream:
         parts = [*self.api_errors, *(str(e) for e in res.get("errors") or [])]
         if res.get("is_error") and isinstance(res.get("result"), str):
             parts.append(res["result"])
-        parts.append(_tail(Path(exit.stderr_path)))
+        parts.append(tail(Path(exit.stderr_path)))
         return "\n".join(part for part in parts if part.strip())
 
     def _limited(self, errors: str) -> bool:

@@ -29,12 +29,9 @@ no cost.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -42,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
+from ado_ray.agents.common import json_events, last_line, prompt_argument
 from ado_ray.agents.limit_text import parse_reset
 from ado_ray.config import AgentSettings
 from ado_ray.errors import UsageError
@@ -58,7 +56,6 @@ STREAM_MAX_RETRIES = 0
 # held back this long. Long enough to let a per-minute window roll over, short enough to
 # cost little when the limit was momentary.
 DEFAULT_LIMIT_COOLDOWN_S = 60.0
-MAX_PROMPT_BYTES = 128 * 1024 - 1  # Linux's limit on one argument (MAX_ARG_STRLEN)
 
 _RATE_LIMITED = re.compile(r"\b429\b|too many requests|rate limit|usage limit", re.I)
 _NEEDS_PEOPLE = re.compile(r"quota exceeded|out of credits|spend cap", re.I)
@@ -89,14 +86,7 @@ class CodexAgent:
         return self.name
 
     def invocation(self, ctx: AgentContext) -> Invocation:
-        if ctx.prompt_file is None:
-            raise UsageError("the codex agent needs a prompt; expected --prompt or --prompt-file")
-        prompt = ctx.prompt_file.read_text(encoding="utf-8")
-        if len(prompt.encode()) > MAX_PROMPT_BYTES:
-            raise UsageError(
-                f"{ctx.prompt_file}: the prompt has {len(prompt.encode())} bytes; codex takes "
-                f"it as one argument, which Linux limits to {MAX_PROMPT_BYTES} bytes"
-            )
+        prompt = prompt_argument(ctx, "codex")
         codex_home = ctx.home / ".codex"
         codex_home.mkdir(parents=True, exist_ok=True)
         self._seed_auth(codex_home, required=ctx.mode == SUBSCRIPTION_MODE)
@@ -141,7 +131,7 @@ class CodexAgent:
             return AgentResult(ok=True, **common)
         if failure is None:
             if run.thread_id is None:  # no events: Codex stopped before it started
-                tail = _tail(Path(exit.stderr_path))
+                tail = last_line(Path(exit.stderr_path))
                 message = f"codex exited with code {exit.returncode} before it started"
                 message += f": {tail}" if tail else " and printed nothing on stderr"
             else:
@@ -220,7 +210,7 @@ class CodexRun:
 
 def read_events(path: Path) -> CodexRun:
     run = CodexRun()
-    for event in _events(path):
+    for event in json_events(path):
         kind = event.get("type")
         if kind == "thread.started":
             run.thread_id = event.get("thread_id") or run.thread_id
@@ -239,19 +229,6 @@ def read_events(path: Path) -> CodexRun:
             if isinstance(item, dict) and item.get("type") == "agent_message":
                 run.result_text = item.get("text")
     return run
-
-
-def _events(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        handle = path.open("rb")
-    except OSError:
-        return
-    with handle:
-        for line in handle:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    yield event
 
 
 def tokens(usage: dict[str, Any]) -> dict[str, int]:
@@ -305,16 +282,3 @@ def reset_time(text: str, now: float) -> float | None:
                 when = datetime.combine(day + timedelta(days=1), clock).timestamp()
             return when + 60  # Codex shows the minute; the reset is within it
     return parse_reset(text, datetime.fromtimestamp(now, UTC))
-
-
-def _tail(path: Path, limit: int = 400) -> str:
-    """The last line of a log, for an error message."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(0, handle.tell() - limit))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
+from ado_ray.agents.common import last_line
 from ado_ray.config import AgentSettings
 from ado_ray.errors import UsageError
 from ado_ray.models import FailureClass, ProcessExit, RepoSpec
@@ -103,24 +104,10 @@ class CommandAgent:
     def parse(self, ctx: AgentContext, exit: ProcessExit) -> AgentResult:
         if exit.returncode == 0:
             return AgentResult(ok=True, exit_code=0)
-        tail = _tail(Path(exit.stderr_path)) or _tail(Path(exit.stdout_path))
+        tail = last_line(Path(exit.stderr_path)) or last_line(Path(exit.stdout_path))
         return AgentResult(
             ok=False,
             exit_code=exit.returncode,
             failure_class=FailureClass.AGENT,
             message=f"exit code {exit.returncode}" + (f": {tail}" if tail else ""),
         )
-
-
-def _tail(path: Path, limit: int = 400) -> str:
-    """The last line(s) of a log, for an error message."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""

@@ -37,21 +37,19 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
+from ado_ray.agents.common import json_events, prompt_argument
 from ado_ray.agents.limit_text import parse_reset
 from ado_ray.config import AgentSettings
-from ado_ray.errors import UsageError
 from ado_ray.models import FailureClass, ProcessExit
 
 DEFAULT_MODEL = "gemini-2.5-pro"  # the CLI's default model when it does not route (`auto`)
 MAX_ATTEMPTS = 2  # per model request: one retry absorbs a blip, a real limit ends the run
 LIMIT_FALLBACK_S = 60.0  # a rate limit that says nothing of its reset: wait this long
-MAX_PROMPT_BYTES = 120_000  # Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN)
 CREDENTIAL_FILES = ("oauth_creds.json", "google_accounts.json")
 ENV = {
     "GEMINI_CLI_NO_RELAUNCH": "true",  # run in this process, not a second node child
@@ -122,7 +120,7 @@ class GeminiAgent:
         return self.name
 
     def invocation(self, ctx: AgentContext) -> Invocation:
-        prompt = _prompt(ctx)
+        prompt = prompt_argument(ctx, "gemini")
         gemini_dir = ctx.home / ".gemini"
         gemini_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(
@@ -163,47 +161,12 @@ class GeminiAgent:
         return _Stream(Path(exit.stdout_path)).result(exit)
 
 
-def _prompt(ctx: AgentContext) -> str:
-    if ctx.prompt_file is None:
-        raise UsageError("the gemini agent needs --prompt or --prompt-file")
-    text = ctx.prompt_file.read_text(encoding="utf-8")
-    if not text.strip():
-        raise UsageError(f"{ctx.prompt_file}: the prompt is empty; expected the task for Gemini")
-    size = len(text.encode())
-    if size > MAX_PROMPT_BYTES:
-        raise UsageError(
-            f"{ctx.prompt_file}: the prompt has {size} bytes; the gemini agent passes it as "
-            f"one argument, at most {MAX_PROMPT_BYTES} bytes: shorten it, or point the prompt "
-            "at a file in the repository"
-        )
-    return text
-
-
 def _write_private(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     partial.replace(path)
-
-
-def _events(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a JSONL file; other lines (and a truncated last one) skipped."""
-    try:
-        handle = path.open(encoding="utf-8", errors="replace")
-    except OSError:
-        return
-    with handle:
-        for line in handle:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                yield event
 
 
 def _stderr(path: Path, limit: int = 64_000) -> str:
@@ -240,7 +203,7 @@ class _Stream:
         self.result_event: dict[str, Any] | None = None
         self.warnings: list[str] = []  # `error` events
         self.text: list[str] = []  # the assistant's text since its last tool call
-        for event in _events(stdout):
+        for event in json_events(stdout):
             self._read(event)
         try:
             self.finished = stdout.stat().st_mtime  # when the CLI last said something

@@ -378,7 +378,7 @@ def test_subscription_mode_without_a_login_is_a_usage_error(
 
 
 def test_prompt_is_required_and_fits_in_one_argument(agent: CodexAgent, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="needs a prompt"):
+    with pytest.raises(UsageError, match="needs --prompt or --prompt-file"):
         agent.invocation(context(tmp_path, None))
     with pytest.raises(UsageError, match="one argument"):
         agent.invocation(context(tmp_path, "x" * 200_000))
