@@ -14,7 +14,6 @@ here.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,7 +42,15 @@ from ado_ray.models import (
 )
 from ado_ray.store import describe_store
 from ado_ray.store.base import RunRecord, SessionRecord, TaskRecord
-from ado_ray.store.records import counts_by_run, decoded, run_record, session_record, task_record
+from ado_ray.store.records import (
+    counts_by_run,
+    decoded,
+    run_record,
+    session_record,
+    task_record,
+    task_row,
+    to_json,
+)
 from ado_ray.store.sqlfiles import load_migrations, load_queries
 from ado_ray.store.sqlite import MIN_PREFIX
 
@@ -72,13 +79,6 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _json(value: Any) -> str:
-    try:
-        return json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"cannot store {value!r} as JSON: {exc}") from exc
-
-
 def event_statement(event: Event) -> tuple[str, Row]:
     """The query (by name in queries.sql) that applies `event`, and its parameters."""
     match event:
@@ -90,9 +90,9 @@ def event_statement(event: Event) -> tuple[str, Row]:
             }
         case CheckpointEvent():
             params = {"task_id": event.task_id, "step": event.step.value}
-            return "upsert_checkpoint", params | {"data": _json(event.data)}
+            return "upsert_checkpoint", params | {"data": to_json(event.data)}
         case SessionEvent():
-            return "upsert_session", asdict(event) | {"usage": _json(event.usage)}
+            return "upsert_session", asdict(event) | {"usage": to_json(event.usage)}
         case UsageEvent():
             return "upsert_usage", asdict(event)
         case _:
@@ -303,25 +303,13 @@ class PostgresStore:
         run_row = asdict(run) | {
             "created_at": _utc(run.created_at),
             "status": run.status.value,
-            "config": _json(run.config),
+            "config": to_json(run.config),
         }
-        task_rows = [self._task_row(task, now) for task in tasks]
+        task_rows = [task_row(task, now, _utc) for task in tasks]
         with self._transaction(f"create run {run.run_id}") as conn:
             conn.execute(self._sql["insert_run"], run_row)
             if task_rows:
                 conn.cursor().executemany(self._sql["insert_task"], task_rows)
-
-    @staticmethod
-    def _task_row(task: TaskRecord, now: datetime) -> Row:
-        created = _utc(task.created_at) if task.created_at else now
-        return asdict(task) | {
-            "repo_key": task.repo.key,
-            "repo": _json(asdict(task.repo)),
-            "state": task.state.value,
-            "failure_class": task.failure_class.value if task.failure_class else None,
-            "created_at": created,
-            "updated_at": _utc(task.updated_at) if task.updated_at else created,
-        }
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run with this id, or with this unique prefix of an id (at least 4 characters)."""

@@ -1,15 +1,19 @@
-"""Rows to records, shared by the backends.
+"""Rows to records and back, shared by the backends.
 
 A backend hands over a row as a mapping whose JSON columns are decoded and whose times
-are aware UTC datetimes (`decoded`); everything else is the same in every backend.
+are aware UTC datetimes (`decoded`), and gets a task's row with times in its own form
+(`task_row`); everything else is the same in every backend.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+from ado_ray.errors import StoreError
 from ado_ray.models import FailureClass, RepoSpec, RunStatus, TaskState
 from ado_ray.store.base import RunRecord, SessionRecord, TaskRecord
 
@@ -89,3 +93,23 @@ def session_record(row: Mapping[str, Any]) -> SessionRecord:
         outcome=row["outcome"],
         created_at=row["created_at"],
     )
+
+
+def to_json(value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"cannot store {value!r} as JSON: {exc}") from exc
+
+
+def task_row(task: TaskRecord, now: Any, to_time: Callable[[datetime], Any]) -> dict[str, Any]:
+    """A task as the parameters of `insert_task`; `now` is the backend's own time value."""
+    created = to_time(task.created_at) if task.created_at else now
+    return asdict(task) | {
+        "repo_key": task.repo.key,
+        "repo": to_json(asdict(task.repo)),
+        "state": task.state.value,
+        "failure_class": task.failure_class.value if task.failure_class else None,
+        "created_at": created,
+        "updated_at": to_time(task.updated_at) if task.updated_at else created,
+    }

@@ -36,7 +36,15 @@ from ado_ray.models import (
     UsageEvent,
 )
 from ado_ray.store.base import RunRecord, SessionRecord, TaskRecord
-from ado_ray.store.records import counts_by_run, decoded, run_record, session_record, task_record
+from ado_ray.store.records import (
+    counts_by_run,
+    decoded,
+    run_record,
+    session_record,
+    task_record,
+    task_row,
+    to_json,
+)
 from ado_ray.store.sqlfiles import load_migrations, load_queries
 
 MIN_PREFIX = 4  # shortest run id prefix that get_run resolves
@@ -73,13 +81,6 @@ def _ts(moment: datetime) -> str:
 
 def _now() -> str:
     return _ts(datetime.now(UTC))
-
-
-def _json(value: Any) -> str:
-    try:
-        return json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"cannot store {value!r} as JSON: {exc}") from exc
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -223,23 +224,11 @@ class SQLiteStore:
         run_row = asdict(run) | {
             "created_at": _ts(run.created_at),
             "status": run.status.value,
-            "config": _json(run.config),
+            "config": to_json(run.config),
         }
         with self._transaction(f"create run {run.run_id}") as conn:
             conn.execute(self._sql["insert_run"], run_row)
-            conn.executemany(self._sql["insert_task"], (self._task_row(t, now) for t in tasks))
-
-    @staticmethod
-    def _task_row(task: TaskRecord, now: str) -> dict[str, Any]:
-        created = _ts(task.created_at) if task.created_at else now
-        return asdict(task) | {
-            "repo_key": task.repo.key,
-            "repo": _json(asdict(task.repo)),
-            "state": task.state.value,
-            "failure_class": task.failure_class.value if task.failure_class else None,
-            "created_at": created,
-            "updated_at": _ts(task.updated_at) if task.updated_at else created,
-        }
+            conn.executemany(self._sql["insert_task"], (task_row(t, now, _ts) for t in tasks))
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run with this id, or with this unique prefix of an id (at least 4 characters)."""
@@ -268,7 +257,7 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, run_ids: Iterable[str]
     ) -> dict[str, dict[str, int]]:
         """{run_id: {state: n}} with the states present, in TaskState order."""
-        rows = conn.execute(self._sql["count_tasks"], {"run_ids": _json(list(run_ids))})
+        rows = conn.execute(self._sql["count_tasks"], {"run_ids": to_json(list(run_ids))})
         return counts_by_run(rows)
 
     def set_run_status(self, run_id: str, status: RunStatus) -> None:
@@ -284,7 +273,7 @@ class SQLiteStore:
 
     def requeue_tasks(self, run_id: str, states: Sequence[TaskState]) -> int:
         """Also clears lease_owner; failure_class and error stay until the retry clears them."""
-        params = {"run_id": run_id, "states": _json([s.value for s in states]), "now": _now()}
+        params = {"run_id": run_id, "states": to_json([s.value for s in states]), "now": _now()}
         with self._transaction(f"requeue tasks of run {run_id}") as conn:
             return conn.execute(self._sql["requeue_tasks"], params).rowcount
 
@@ -317,9 +306,9 @@ class SQLiteStore:
                     raise StoreError(f"no task '{event.task_id}' in {self.path} to update")
             case CheckpointEvent():
                 params = {"task_id": event.task_id, "step": event.step.value, "now": now}
-                conn.execute(self._sql["upsert_checkpoint"], params | {"data": _json(event.data)})
+                conn.execute(self._sql["upsert_checkpoint"], params | {"data": to_json(event.data)})
             case SessionEvent():
-                params = asdict(event) | {"usage": _json(event.usage), "now": now}
+                params = asdict(event) | {"usage": to_json(event.usage), "now": now}
                 conn.execute(self._sql["upsert_session"], params)
             case UsageEvent():
                 conn.execute(self._sql["upsert_usage"], asdict(event) | {"now": now})
