@@ -18,7 +18,7 @@ from typing import Any
 from ado_ray.cluster.ray_auth import load_token
 from ado_ray.config import Config
 from ado_ray.engine.runner import AgentRunner
-from ado_ray.engine.task import RunContext, TaskSpec
+from ado_ray.engine.spec import RunContext, TaskSpec
 from ado_ray.limits.actor import LimiterClient, RateLimiterService, limiter_actor
 from ado_ray.models import FailureClass, TaskOutcome, TaskState, TaskUpdate
 from ado_ray.store.sink import Sink

@@ -31,7 +31,7 @@ from ado_ray.engine import workspace as ws
 from ado_ray.engine.agent_run import Session
 from ado_ray.engine.backends import Backend, LocalBackend, RayBackend, record_failure
 from ado_ray.engine.progress import Progress
-from ado_ray.engine.task import RunContext, TaskSpec
+from ado_ray.engine.spec import RunContext, TaskSpec
 from ado_ray.errors import RunLockedError, StoreError, UsageError, WorkspaceError
 from ado_ray.models import (
     SUCCESS_STATES,
@@ -161,7 +161,12 @@ def task_specs(store: Store, tasks: Sequence[TaskRecord]) -> list[TaskSpec]:
             session = Session(str(last.usage.get("provider")), last.session_id)
         specs.append(
             TaskSpec(
-                task.task_id, task.repo, task.attempt, store.checkpoints(task.task_id), session
+                task.task_id,
+                task.repo,
+                task.attempt,
+                store.checkpoints(task.task_id),
+                session,
+                recorded_attempts=max((s.attempt for s in sessions), default=0),
             )
         )
     return specs

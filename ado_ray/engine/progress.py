@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ado_ray.engine.task import TaskSpec
+from ado_ray.engine.spec import TaskSpec
 from ado_ray.models import TaskOutcome, TaskState
 from ado_ray.store import RunRecord, TaskRecord
 

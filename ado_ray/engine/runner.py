@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ado_ray.agents import Agent, make_agent
-from ado_ray.engine.task import Emit, RunContext, TaskSpec, execute
+from ado_ray.engine.spec import Emit, RunContext, TaskSpec
+from ado_ray.engine.task import execute
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.models import Event, TaskOutcome, TaskState, TaskUpdate
 

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ado_ray.agents import Agent, AgentContext
 from ado_ray.agents.routing import Route
-from ado_ray.config import AgentSettings, GitSettings, Price
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.agent_run import Session, TaskMemory, account, acquire_route
 from ado_ray.engine.process import (
@@ -34,6 +32,7 @@ from ado_ray.engine.process import (
     run_supervised,
     write_pidfile,
 )
+from ado_ray.engine.spec import Emit, RunContext, TaskSpec
 from ado_ray.errors import AgentError, WorkspaceError
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.limits.base import LimitSpec, LimitTimeout
@@ -43,7 +42,6 @@ from ado_ray.models import (
     Event,
     FailureClass,
     ProcessExit,
-    RepoSpec,
     SessionEvent,
     Step,
     TaskOutcome,
@@ -51,43 +49,6 @@ from ado_ray.models import (
     TaskUpdate,
     UsageEvent,
 )
-
-Emit = Callable[[Sequence[Event], bool], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What every task of a run shares; sent once to each runner."""
-
-    run_id: str
-    run_name: str
-    branch: str
-    work_root: Path  # absolute
-    agent: AgentSettings
-    git: GitSettings
-    prompt: str | None
-    dry_run: bool
-    max_attempts: int
-    limits: dict[str, LimitSpec] = field(default_factory=dict)
-    limit_wait_timeout_s: float | None = None
-    routes: list[Route] = field(default_factory=list)
-    prices: dict[str, Price] = field(default_factory=dict)
-    max_cost_per_task_usd: float | None = None
-
-    @property
-    def cache_root(self) -> Path:
-        return self.work_root / "cache"
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task as the driver hands it out, with what the store knows of it."""
-
-    task_id: str
-    repo: RepoSpec
-    attempt: int  # agent attempts made so far
-    checkpoints: dict[Step, dict[str, Any]] = field(default_factory=dict)
-    session: Session | None = None  # an interrupted agent session to continue
 
 
 class TaskFailed(Exception):
@@ -209,7 +170,11 @@ class _Run:
                 lease_owner=self.owner,
                 clear_failure=True,
             )
+            self.task_dir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(kill_stale_agent, self.task_dir)
             resumable = Step.PREPARED in checkpoints and self.repo_path.is_dir()
+            if self.memory.session is None and resumable and self.attempt == self.spec.attempt + 1:
+                self.memory.session = self.session_from_log()
             if self.memory.session is None or not resumable:
                 base_sha = await self.prepare(checkpoints.get(Step.PREPARED))
                 checkpoints[Step.PREPARED] = {"base_sha": base_sha}
@@ -266,8 +231,6 @@ class _Run:
 
     async def prepare(self, prepared: dict[str, Any] | None) -> str:
         """A fresh checkout at the base commit (the one recorded before, on a retry or resume)."""
-        self.task_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(kill_stale_agent, self.task_dir)
         try:
             async with self.limited(f"git:{self.host}"):
                 mirror = await asyncio.to_thread(
@@ -388,10 +351,7 @@ class _Run:
             "usage": usage,
         }
 
-    async def supervise(
-        self, agent: Agent, chosen: Route, session: Session | None
-    ) -> tuple[AgentContext, ProcessExit]:
-        """Start the agent in the checkout with its own HOME and allow-listed environment."""
+    def agent_context(self, chosen: Route, session: Session | None) -> AgentContext:
         ctx, task_dir = self.ctx, self.task_dir
         home = task_dir / "home"
         home.mkdir(exist_ok=True)
@@ -399,7 +359,7 @@ class _Run:
         if ctx.prompt is not None:
             prompt_file = task_dir / "prompt.md"
             prompt_file.write_text(ctx.prompt, encoding="utf-8")
-        actx = AgentContext(
+        return AgentContext(
             run_id=ctx.run_id,
             task_id=self.task_id,
             repo=self.repo,
@@ -413,11 +373,45 @@ class _Run:
             max_turns=chosen.max_turns,
             mode=chosen.mode,
         )
+
+    def session_from_log(self) -> Session | None:
+        """The session of an agent whose driver was killed under it (so nothing recorded
+        it): read from that attempt's own output by its route's adapter."""
+        logs = self.task_dir / "logs"
+        marks = [(int(p.name.split("-")[1].split(".")[0]), p) for p in logs.glob("attempt-*.route")]
+        marks = [(n, p) for n, p in marks if n > self.spec.recorded_attempts]
+        if not marks:
+            return None
+        number, mark = max(marks)
+        with contextlib.suppress(Exception):  # a partial or foreign log: start fresh
+            key = json.loads(mark.read_text())["key"]
+            chosen = next(route for route in self.ctx.routes if route.key == key)
+            cut = ProcessExit(
+                None,
+                False,
+                False,
+                0.0,
+                str(logs / f"attempt-{number}.stdout.log"),
+                str(logs / f"attempt-{number}.stderr.log"),
+            )
+            session_id = self.agents[key].parse(self.agent_context(chosen, None), cut).session_id
+            if session_id:
+                return Session(chosen.provider, session_id)
+        return None
+
+    async def supervise(
+        self, agent: Agent, chosen: Route, session: Session | None
+    ) -> tuple[AgentContext, ProcessExit]:
+        """Start the agent in the checkout with its own HOME and allow-listed environment."""
+        ctx, task_dir = self.ctx, self.task_dir
+        actx = self.agent_context(chosen, session)
         invocation = agent.invocation(actx)
-        extra = {"HOME": str(home), **ctx.agent.env, **chosen.env, **invocation.env}
+        extra = {"HOME": str(actx.home), **ctx.agent.env, **chosen.env, **invocation.env}
         env = build_env(ctx.agent.env_allow, extra)
         logs = task_dir / "logs"
         logs.mkdir(exist_ok=True)
+        # Which route this attempt took: a resume after a killed driver reads it back.
+        (logs / f"attempt-{self.attempt}.route").write_text(json.dumps({"key": chosen.key}))
         stdout_path = logs / f"attempt-{self.attempt}.stdout.log"
         stderr_path = logs / f"attempt-{self.attempt}.stderr.log"
         started = time.monotonic()

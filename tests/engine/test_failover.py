@@ -247,3 +247,74 @@ def test_ctrl_c_then_resume_continues_the_agents_own_session(
         assert sessions == [("interrupted", interrupted.session_id), ("ok", interrupted.session_id)]
         last_call = stub.model_calls[-1]
         assert len(last_call.messages) > 1  # the resumed call carries the earlier conversation
+
+
+def test_kill_9_then_resume_continues_the_killed_agents_session(
+    ray_address: str, tmp_path: Path, make_repo: Callable[..., Path]
+) -> None:
+    """Nothing records a session when the driver is SIGKILLed; the resumed task reads the
+    session id from the killed attempt's own output, kills what is left of that agent, and
+    continues the session in the same workspace."""
+    (tmp_path / "repos.txt").write_text(f"{make_repo('killed')}\n")
+    with AnthropicStub() as stub:
+
+        def hang_after_first_exchange() -> None:
+            while stub.count < 1:
+                time.sleep(0.01)
+            stub.behaviour = "hang"  # the agent wrote its file; its next turn never returns
+
+        threading.Thread(target=hang_after_first_exchange, daemon=True).start()
+        (tmp_path / "ado.yaml").write_text(
+            json.dumps(
+                {
+                    "agent": {
+                        "name": "claude",
+                        "cmd": str(cli_path("claude")),
+                        "prompt": "create hello.txt",
+                        "env": {"ANTHROPIC_API_KEY": "sk-stub", "ANTHROPIC_BASE_URL": stub.url},
+                    },
+                    "state": str(tmp_path / "state.db"),
+                    "work_root": str(tmp_path / "work"),
+                    "ray": {"address": ray_address},
+                }
+            )
+        )
+        command = [sys.executable, "-m", "ado_ray"]
+        driver = subprocess.Popen(
+            [*command, "batch", "repos.txt"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while stub.count < 2:  # mid-session: the second model call hangs
+            assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate(timeout=30)
+        (log,) = (tmp_path / "work").rglob("attempt-1.stdout.log")
+        killed_session = next(
+            json.loads(line)["session_id"]
+            for line in log.read_text().splitlines()
+            if '"session_id"' in line
+        )
+        stub.behaviour = "ok"
+        store = open_store(str(tmp_path / "state.db"))
+        try:
+            run_id = store.list_runs()[0].run_id
+            (task,) = store.list_tasks(run_id)
+            assert store.sessions(task.task_id) == []  # nothing was recorded
+            resumed = subprocess.run(
+                [*command, "resume", run_id],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+            sessions = [(s.outcome, s.session_id) for s in store.sessions(task.task_id)]
+        finally:
+            store.close()
+        assert sessions == [("ok", killed_session)]
+        assert len(stub.model_calls[-1].messages) > 1  # the earlier conversation came along

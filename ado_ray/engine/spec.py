@@ -1,0 +1,52 @@
+"""What a run hands its runners: the shared context, each task's spec, and where events go."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ado_ray.agents.routing import Route
+from ado_ray.config import AgentSettings, GitSettings, Price
+from ado_ray.engine.agent_run import Session
+from ado_ray.limits.base import LimitSpec
+from ado_ray.models import Event, RepoSpec, Step
+
+Emit = Callable[[Sequence[Event], bool], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every task of a run shares; sent once to each runner."""
+
+    run_id: str
+    run_name: str
+    branch: str
+    work_root: Path  # absolute
+    agent: AgentSettings
+    git: GitSettings
+    prompt: str | None
+    dry_run: bool
+    max_attempts: int
+    limits: dict[str, LimitSpec] = field(default_factory=dict)
+    limit_wait_timeout_s: float | None = None
+    routes: list[Route] = field(default_factory=list)
+    prices: dict[str, Price] = field(default_factory=dict)
+    max_cost_per_task_usd: float | None = None
+
+    @property
+    def cache_root(self) -> Path:
+        return self.work_root / "cache"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task as the driver hands it out, with what the store knows of it."""
+
+    task_id: str
+    repo: RepoSpec
+    attempt: int  # agent attempts made so far
+    checkpoints: dict[Step, dict[str, Any]] = field(default_factory=dict)
+    session: Session | None = None  # an interrupted agent session to continue
+    recorded_attempts: int = 0  # the highest agent attempt the store has a session row for
