@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,62 @@ from tests.conftest import git
 from tests.stubs.anthropic import AnthropicStub
 
 pytestmark = pytest.mark.integration
+
+ADO = [sys.executable, "-m", "ado_ray"]
+
+
+def claude_via(stub: AnthropicStub, **env: str) -> dict[str, Any]:
+    """The `agent:` config of the real Claude Code CLI talking to `stub`."""
+    return {
+        "name": "claude",
+        "cmd": str(cli_path("claude")),
+        "prompt": "create hello.txt",
+        "env": {"ANTHROPIC_API_KEY": "sk-stub", "ANTHROPIC_BASE_URL": stub.url, **env},
+    }
+
+
+def driver_at_call(
+    tmp_path: Path, stub: AnthropicStub, ray_address: str, calls: int, **config: Any
+) -> subprocess.Popen[str]:
+    """`ado batch repos.txt` in a subprocess, returned once `stub` has seen `calls` calls."""
+    settings = {
+        "agent": claude_via(stub),
+        "state": str(tmp_path / "state.db"),
+        "work_root": str(tmp_path / "work"),
+        "ray": {"address": ray_address},
+        **config,
+    }
+    (tmp_path / "ado.yaml").write_text(json.dumps(settings))
+    driver = subprocess.Popen(
+        [*ADO, "batch", "repos.txt"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while stub.count < calls:
+        assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()
+        time.sleep(0.05)
+    return driver
+
+
+def resume_and_list_sessions(
+    tmp_path: Path,
+) -> tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]:
+    """The only task's sessions (outcome, session id) before and after `ado resume`."""
+    store = open_store(str(tmp_path / "state.db"))
+    try:
+        run_id = store.list_runs()[0].run_id
+        (task,) = store.list_tasks(run_id)
+        before = [(s.outcome, s.session_id) for s in store.sessions(task.task_id)]
+        resumed = subprocess.run(
+            [*ADO, "resume", run_id], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        return before, [(s.outcome, s.session_id) for s in store.sessions(task.task_id)]
+    finally:
+        store.close()
 
 
 def test_subscription_limit_mid_run_fails_over_to_the_api_mode(
@@ -125,12 +182,7 @@ def test_max_cost_stops_new_agent_starts_and_says_so(
     repo_list.write_text("".join(f"{repo}\n" for repo in repos))
     with AnthropicStub() as stub:
         settings = {
-            "agent": {
-                "name": "claude",
-                "cmd": str(cli_path("claude")),
-                "prompt": "create hello.txt",
-                "env": {"ANTHROPIC_API_KEY": "sk-stub", "ANTHROPIC_BASE_URL": stub.url},
-            },
+            "agent": claude_via(stub),
             "parallel": 1,
             "max_cost_usd": 0.0025,
             "state": str(tmp_path / "state.db"),
@@ -156,16 +208,7 @@ def test_max_cost_per_task_stops_a_task_that_keeps_retrying(
     repo_list.write_text(f"{make_repo('pt')}\n")
     with AnthropicStub() as stub:
         settings = {
-            "agent": {
-                "name": "claude",
-                "cmd": str(cli_path("claude")),
-                "prompt": "create hello.txt",
-                "env": {
-                    "ANTHROPIC_API_KEY": "sk-stub",
-                    "ANTHROPIC_BASE_URL": stub.url,
-                    "CLAUDE_CODE_MAX_RETRIES": "0",
-                },
-            },
+            "agent": claude_via(stub, CLAUDE_CODE_MAX_RETRIES="0"),
             "max_attempts": 5,
             "max_cost_per_task_usd": 0.0001,
             "state": str(tmp_path / "state.db"),
@@ -195,58 +238,17 @@ def test_ctrl_c_then_resume_continues_the_agents_own_session(
     (tmp_path / "repos.txt").write_text(f"{make_repo('session')}\n")
     with AnthropicStub() as stub:
         stub.behaviour = "hang"
-        (tmp_path / "ado.yaml").write_text(
-            json.dumps(
-                {
-                    "agent": {
-                        "name": "claude",
-                        "cmd": str(cli_path("claude")),
-                        "prompt": "create hello.txt",
-                        "env": {"ANTHROPIC_API_KEY": "sk-stub", "ANTHROPIC_BASE_URL": stub.url},
-                    },
-                    "state": str(tmp_path / "state.db"),
-                    "work_root": str(tmp_path / "work"),
-                    "ray": {"address": ray_address},
-                    "interrupt_grace_s": 0.5,
-                }
-            )
-        )
-        command = [sys.executable, "-m", "ado_ray"]
-        driver = subprocess.Popen(
-            [*command, "batch", "repos.txt"],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while stub.count < 1:  # the agent has started its session and waits for the model
-            assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()
-            time.sleep(0.05)
+        # one call: the agent has started its session and waits for the model
+        driver = driver_at_call(tmp_path, stub, ray_address, 1, interrupt_grace_s=0.5)
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=60)
         assert driver.returncode == 130, out + err
         stub.behaviour = "ok"
-        store = open_store(str(tmp_path / "state.db"))
-        try:
-            run_id = store.list_runs()[0].run_id
-            (task,) = store.list_tasks(run_id)
-            (interrupted,) = store.sessions(task.task_id)
-            assert interrupted.outcome == "interrupted" and interrupted.session_id
-            resumed = subprocess.run(
-                [*command, "resume", run_id],
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-            sessions = [(s.outcome, s.session_id) for s in store.sessions(task.task_id)]
-        finally:
-            store.close()
-        assert sessions == [("interrupted", interrupted.session_id), ("ok", interrupted.session_id)]
-        last_call = stub.model_calls[-1]
-        assert len(last_call.messages) > 1  # the resumed call carries the earlier conversation
+        before, after = resume_and_list_sessions(tmp_path)
+        ((outcome, session_id),) = before
+        assert outcome == "interrupted" and session_id
+        assert after == [("interrupted", session_id), ("ok", session_id)]
+        assert len(stub.model_calls[-1].messages) > 1  # the earlier conversation came along
 
 
 def test_kill_9_then_resume_continues_the_killed_agents_session(
@@ -264,33 +266,7 @@ def test_kill_9_then_resume_continues_the_killed_agents_session(
             stub.behaviour = "hang"  # the agent wrote its file; its next turn never returns
 
         threading.Thread(target=hang_after_first_exchange, daemon=True).start()
-        (tmp_path / "ado.yaml").write_text(
-            json.dumps(
-                {
-                    "agent": {
-                        "name": "claude",
-                        "cmd": str(cli_path("claude")),
-                        "prompt": "create hello.txt",
-                        "env": {"ANTHROPIC_API_KEY": "sk-stub", "ANTHROPIC_BASE_URL": stub.url},
-                    },
-                    "state": str(tmp_path / "state.db"),
-                    "work_root": str(tmp_path / "work"),
-                    "ray": {"address": ray_address},
-                }
-            )
-        )
-        command = [sys.executable, "-m", "ado_ray"]
-        driver = subprocess.Popen(
-            [*command, "batch", "repos.txt"],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while stub.count < 2:  # mid-session: the second model call hangs
-            assert time.monotonic() < deadline and driver.poll() is None, driver.communicate()
-            time.sleep(0.05)
+        driver = driver_at_call(tmp_path, stub, ray_address, 2)  # mid-session
         driver.send_signal(signal.SIGKILL)
         driver.communicate(timeout=30)
         (log,) = (tmp_path / "work").rglob("attempt-1.stdout.log")
@@ -300,21 +276,7 @@ def test_kill_9_then_resume_continues_the_killed_agents_session(
             if '"session_id"' in line
         )
         stub.behaviour = "ok"
-        store = open_store(str(tmp_path / "state.db"))
-        try:
-            run_id = store.list_runs()[0].run_id
-            (task,) = store.list_tasks(run_id)
-            assert store.sessions(task.task_id) == []  # nothing was recorded
-            resumed = subprocess.run(
-                [*command, "resume", run_id],
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-            sessions = [(s.outcome, s.session_id) for s in store.sessions(task.task_id)]
-        finally:
-            store.close()
-        assert sessions == [("ok", killed_session)]
+        before, after = resume_and_list_sessions(tmp_path)
+        assert before == []  # nothing was recorded
+        assert after == [("ok", killed_session)]
         assert len(stub.model_calls[-1].messages) > 1  # the earlier conversation came along
