@@ -7,6 +7,7 @@ config or prompt raises a `UsageError` and leaves the store untouched.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,14 +21,16 @@ from ado_ray.config import Config, build_config, deep_merge
 from ado_ray.engine.backends import init_ray
 from ado_ray.engine.driver import BatchResult, drive, new_run, run_sync, state_url
 from ado_ray.engine.progress import Progress, make_progress
+from ado_ray.engine.publish import repo_host
 from ado_ray.errors import ServiceUnavailableError, StoreError, UsageError
+from ado_ray.forge.config import check_template
 from ado_ray.limits.actor import LimiterClient, RateLimiterService
 from ado_ray.limits.base import LimiterUnavailable, LimitSpec
 from ado_ray.models import RepoSpec, TaskState
 from ado_ray.repos import format_repo_line, parse_repo_list
 from ado_ray.store import Store, open_store
 
-RUN_KEYS = ("agent", "git", "dry_run", "max_attempts")  # kept by a resumed run
+RUN_KEYS = ("agent", "git", "dry_run", "max_attempts", "publish")  # kept by a resumed run
 PROBE_KEY = "ado:probe"  # read (never acquired) to check that the limiter's backend answers
 
 
@@ -72,7 +75,45 @@ def check_plan(
 ) -> tuple[list[RepoSpec], str | None]:
     prompt = read_prompt(config)
     check_agents(config, repos, source)
+    check_publish(config, repos, source)
     return repos, prompt
+
+
+def check_publish(config: Config, repos: list[RepoSpec], source: str) -> None:
+    """Read `publish.body_file`; with `--pr`/`--fork`, every repository must be on a
+    configured forge whose token variable is set."""
+    publish = config.publish
+    if publish.body_file is not None:
+        try:
+            body = publish.body_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--pr-body-file {publish.body_file}: cannot read it ({exc})") from exc
+        try:
+            check_template(body)
+        except ValueError as exc:
+            raise UsageError(f"--pr-body-file {publish.body_file}: {exc}") from exc
+        config.publish = publish.model_copy(update={"body": body, "body_file": None})
+    if config.dry_run or not (publish.pr or publish.fork):
+        return
+    problems, unset = [], set()
+    for repo in repos:
+        host = repo_host(repo)
+        if host is None or host not in config.forges:
+            problems.append(
+                f"{source}:{repo.line}: {repo.url} is on "
+                + (f"the host {host}, which has no forge" if host else "no forge (a local path)")
+                + "; expected a repository on a host listed in `forges:` (github.com, "
+                "gitlab.com, or your own entry) for --pr"
+            )
+        elif not os.environ.get(config.forges[host].token_env):
+            unset.add(f"${config.forges[host].token_env} (for {host})")
+    if unset:
+        problems.append(f"--pr needs the forge token in {', '.join(sorted(unset))}; it is not set")
+    if problems:
+        shown = problems[:20] + (
+            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        )
+        raise UsageError("\n".join(shown))
 
 
 def check_agents(config: Config, repos: list[RepoSpec], source: str) -> None:
@@ -198,11 +239,30 @@ def resume(
         stored.get("agent", {}).pop("env", None)  # masked when stored; comes from config now
         config = load_config(sources.with_overrides(stored))
         prompt = run.config.get("prompt")
-        check_agents(config, [task.repo for task in store.list_tasks(run.run_id)], run.repo_list)
+        repos = [task.repo for task in store.list_tasks(run.run_id)]
+        check_agents(config, repos, run.repo_list)
+        check_publish(config, repos, run.repo_list)
         check_services(config)
         if retry_failed:
             store.requeue_tasks(run.run_id, [TaskState.FAILED, TaskState.SKIPPED])
         return _drive(store, config, run.run_id, prompt, progress or make_progress(progress_stream))
+
+
+def publish(
+    run_id: str,
+    sources: ConfigSources,
+    progress_stream: IO[str],
+    progress: Progress | None = None,
+) -> BatchResult:
+    """Push (and with `publish.pr`, open PRs for) the commits of RUN_ID, e.g. a dry run's,
+    from the commits kept in the store: no agent runs again."""
+    with opened_store(load_config(sources)) as store:
+        store.requeue_tasks(run_id, [TaskState.CHANGED])
+    live = sources.with_overrides({}).overrides
+    forced = ConfigSources(
+        sources.config_file, deep_merge(dict(live), {"dry_run": False}), sources.context
+    )
+    return resume(run_id, forced, False, progress_stream, progress)
 
 
 def _drive(

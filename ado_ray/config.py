@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ado_ray.errors import ConfigError
+from ado_ray.forge.config import BUILTIN_FORGES, ForgeSettings, PublishSettings, check_hosts
 from ado_ray.limits.config import LimiterSettings, LimitTable
 from ado_ray.redact import mask_url
 
@@ -153,6 +154,13 @@ class Config(_Model):
     fallback: bool = True  # on a limit, move to the next mode (False: wait for the reset)
     max_cost_usd: float | None = Field(default=None, gt=0)  # per run, across the cluster
     max_cost_per_task_usd: float | None = Field(default=None, gt=0)
+    forges: dict[str, ForgeSettings] = Field(default_factory=lambda: dict(BUILTIN_FORGES))
+    publish: PublishSettings = Field(default_factory=PublishSettings)
+
+    @field_validator("forges")
+    @classmethod
+    def _forge_hosts(cls, value: dict[str, ForgeSettings]) -> dict[str, ForgeSettings]:
+        return check_hosts(value)
 
     @field_validator("providers")
     @classmethod

@@ -46,5 +46,9 @@ class WorkspaceError(AdoError):
     """A git operation in the workspace failed."""
 
 
+class GitAuthError(WorkspaceError):
+    """The git server refused the credentials."""
+
+
 class AgentError(AdoError):
     """The agent could not be started."""

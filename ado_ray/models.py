@@ -76,8 +76,9 @@ class Step(enum.StrEnum):
 
     PREPARED = "prepared"  # {base_sha}
     AGENT_DONE = "agent_done"  # {session_id, exit_code, usage}
-    COMMITTED = "committed"  # {branch, commit_sha}  (commit_sha None: no change)
-    PUBLISHED = "published"  # {url, pushed}
+    COMMITTED = "committed"  # {branch, commit_sha, diffstat, bundle_bytes}  (sha None: no change)
+    PUSHED = "pushed"  # {url, result}: the branch is on the remote
+    PUBLISHED = "published"  # {url, remote[, number]}: url is the PR's when one was opened
 
 
 class RunStatus(enum.StrEnum):
@@ -142,7 +143,16 @@ class UsageEvent:
     cost_usd: float = 0.0
 
 
-Event = TaskUpdate | CheckpointEvent | SessionEvent | UsageEvent
+@dataclass(frozen=True)
+class BundleEvent:
+    """The task's commit as a git bundle (base..commit). Upsert on task_id."""
+
+    task_id: str
+    commit_sha: str
+    data: bytes
+
+
+Event = TaskUpdate | CheckpointEvent | SessionEvent | UsageEvent | BundleEvent
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -25,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import SecretStr
+
 from ado_ray.agents.routing import routes
 from ado_ray.config import Config
 from ado_ray.engine import workspace as ws
@@ -38,6 +41,7 @@ from ado_ray.models import (
     FailureClass,
     RepoSpec,
     RunStatus,
+    Step,
     TaskOutcome,
     TaskState,
     TaskUpdate,
@@ -197,6 +201,9 @@ def drive(
         routes=routes(config),
         prices=dict(config.prices),
         max_cost_per_task_usd=config.max_cost_per_task_usd,
+        publish=config.publish,
+        forges=dict(config.forges),
+        tokens=forge_tokens(config, [task.repo for task in store.list_tasks(run.run_id)]),
     )
     with run_lock(store, run.run_id):
         store.set_run_status(run.run_id, RunStatus.RUNNING)
@@ -215,6 +222,26 @@ def drive(
         final = store.list_tasks(run.run_id)
         progress.stop(final)
         return BatchResult(store.get_run(run.run_id), final, interrupted)
+
+
+def forge_tokens(config: Config, repos: Sequence[RepoSpec]) -> dict[str, SecretStr]:
+    """host -> token for the forges the run's repositories are on, read from each forge's
+    `token_env` here in the driver (tokens never enter the store or the config dump)."""
+    hosts = {repo.key.split("/", 1)[0] for repo in repos if not repo.key.startswith("/")}
+    tokens = {}
+    for host in sorted(hosts & set(config.forges)):
+        value = os.environ.get(config.forges[host].token_env)
+        if value:
+            tokens[host] = SecretStr(value)
+    return tokens
+
+
+def with_bundle(store: Store, spec: TaskSpec) -> TaskSpec:
+    """A task past `committed` but not published carries its stored commit to the runner."""
+    if Step.COMMITTED not in spec.checkpoints or Step.PUBLISHED in spec.checkpoints:
+        return spec
+    stored = store.bundle(spec.task_id)
+    return dataclasses.replace(spec, bundle=stored[1]) if stored else spec
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -263,7 +290,7 @@ async def _loop(
         await backend.start()
         while inflight or (pending and not stop.is_set()):
             while pending and len(inflight) < limit and not stop.is_set():
-                spec = pending.pop()
+                spec = await asyncio.to_thread(with_bundle, store, pending.pop())
                 inflight[asyncio.ensure_future(backend.submit(spec))] = spec
                 progress.task_started(spec)
             done, _ = await asyncio.wait(inflight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from ado_ray.agents.routing import Route
 from ado_ray.config import AgentSettings, GitSettings, Price
 from ado_ray.engine.agent_run import Session
+from ado_ray.forge.config import ForgeSettings, PublishSettings
 from ado_ray.limits.base import LimitSpec
 from ado_ray.models import Event, RepoSpec, Step
 
@@ -34,6 +37,10 @@ class RunContext:
     routes: list[Route] = field(default_factory=list)
     prices: dict[str, Price] = field(default_factory=dict)
     max_cost_per_task_usd: float | None = None
+    publish: PublishSettings = field(default_factory=PublishSettings)
+    forges: dict[str, ForgeSettings] = field(default_factory=dict)  # host[:port] -> settings
+    # host[:port] -> token, read from each forge's `token_env` by the driver (never stored)
+    tokens: dict[str, SecretStr] = field(default_factory=dict)
 
     @property
     def cache_root(self) -> Path:
@@ -50,3 +57,4 @@ class TaskSpec:
     checkpoints: dict[Step, dict[str, Any]] = field(default_factory=dict)
     session: Session | None = None  # an interrupted agent session to continue
     recorded_attempts: int = 0  # the highest agent attempt the store has a session row for
+    bundle: bytes | None = None  # the stored commit, for a task past `committed` (publish)

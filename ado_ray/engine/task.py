@@ -19,12 +19,14 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 from ado_ray.agents import Agent, AgentContext
 from ado_ray.agents.routing import Route
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.agent_run import Session, TaskMemory, account, acquire_route
+from ado_ray.engine.failures import TaskFailed, TaskStopped
 from ado_ray.engine.process import (
     PIDFILE,
     build_env,
@@ -32,12 +34,14 @@ from ado_ray.engine.process import (
     run_supervised,
     write_pidfile,
 )
+from ado_ray.engine.publish import Publisher, Target
 from ado_ray.engine.spec import Emit, RunContext, TaskSpec
-from ado_ray.errors import AgentError, WorkspaceError
+from ado_ray.errors import AgentError, GitAuthError, WorkspaceError
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.limits.base import LimitSpec, LimitTimeout
 from ado_ray.limits.config import route
 from ado_ray.models import (
+    BundleEvent,
     CheckpointEvent,
     Event,
     FailureClass,
@@ -49,17 +53,7 @@ from ado_ray.models import (
     TaskUpdate,
     UsageEvent,
 )
-
-
-class TaskFailed(Exception):
-    def __init__(self, failure_class: FailureClass, message: str) -> None:
-        super().__init__(message)
-        self.failure_class = failure_class
-
-
-class TaskStopped(Exception):
-    """A budget forbids starting the agent: the task is skipped, with the reason."""
-
+from ado_ray.testing import crash, crash_requested
 
 MAX_RATE_LIMITED = 20  # provider limits one task may hit before it fails as rate_limited
 DEFAULT_COOLDOWN_S = 60.0  # a limit signal without a reset time cools its key this long
@@ -142,6 +136,7 @@ class _Run:
         self.task_id, self.repo = spec.task_id, spec.repo
         self.task_dir = ws.task_dir(ctx.work_root, ctx.run_id, spec.task_id)
         self.repo_path = self.task_dir / "repo"
+        self.publisher = Publisher(ctx, limiter, spec.repo)
 
     @property
     def host(self) -> str:
@@ -161,6 +156,12 @@ class _Run:
     async def checkpoint(self, step: Step, data: dict[str, Any], durable: bool) -> None:
         await self.emit([CheckpointEvent(self.task_id, step, data)], durable)
 
+    async def reached(self, step: Step) -> None:
+        """A step's checkpoint is written: the place for a test's crash point."""
+        if crash_requested(step.value):
+            await self.emit([], True)  # everything before it is in the store
+            crash()
+
     async def pipeline(self, checkpoints: dict[Step, dict[str, Any]]) -> TaskOutcome:
         ctx = self.ctx
         if Step.AGENT_DONE not in checkpoints:
@@ -176,12 +177,14 @@ class _Run:
             if self.memory.session is None and resumable and self.attempt == self.spec.attempt + 1:
                 self.memory.session = self.session_from_log()
             if self.memory.session is None or not resumable:
-                base_sha = await self.prepare(checkpoints.get(Step.PREPARED))
-                checkpoints[Step.PREPARED] = {"base_sha": base_sha}
+                checkpoints[Step.PREPARED] = await self.prepare(checkpoints.get(Step.PREPARED))
                 await self.checkpoint(Step.PREPARED, checkpoints[Step.PREPARED], durable=False)
+                await self.reached(Step.PREPARED)
+                base_sha = checkpoints[Step.PREPARED]["base_sha"]
                 await self.update(TaskState.PREPARING, base_sha=base_sha)
             checkpoints[Step.AGENT_DONE] = await self.run_agent(checkpoints[Step.PREPARED])
             await self.checkpoint(Step.AGENT_DONE, checkpoints[Step.AGENT_DONE], durable=True)
+            await self.reached(Step.AGENT_DONE)
         base_sha = checkpoints[Step.PREPARED]["base_sha"]
 
         if Step.COMMITTED not in checkpoints:
@@ -193,11 +196,8 @@ class _Run:
                     "resume on the node that ran it, or re-run the task",
                 )
             commit_sha = await asyncio.to_thread(self.commit, base_sha)
-            checkpoints[Step.COMMITTED] = {
-                "branch": ctx.branch if commit_sha else None,
-                "commit_sha": commit_sha,
-            }
-            await self.checkpoint(Step.COMMITTED, checkpoints[Step.COMMITTED], durable=True)
+            checkpoints[Step.COMMITTED] = await self.keep_commit(base_sha, commit_sha)
+            await self.reached(Step.COMMITTED)
         commit_sha = checkpoints[Step.COMMITTED]["commit_sha"]
 
         if commit_sha is None:
@@ -206,18 +206,10 @@ class _Run:
             return TaskOutcome(self.task_id, self.repo.key, TaskState.NO_CHANGE, cost_usd=cost)
         pushed_to = None
         if not ctx.dry_run:
-            await self.update(TaskState.PUBLISHING, lease_owner=self.owner)
-            try:
-                async with self.limited(f"forge:{self.host}"):
-                    result = await asyncio.to_thread(
-                        ws.push_branch, self.repo_path, self.repo.url, commit_sha, ctx.branch
-                    )
-            except WorkspaceError as exc:
-                raise TaskFailed(FailureClass.FORGE, str(exc)) from exc
-            pushed_to = self.repo.url
-            await self.checkpoint(
-                Step.PUBLISHED, {"url": pushed_to, "result": result}, durable=False
-            )
+            published = checkpoints.get(Step.PUBLISHED)
+            if published is None or (ctx.publish.pr and "number" not in published):
+                published = await self.publish(checkpoints, commit_sha)
+            pushed_to = published.get("remote", published["url"])
         await self.update(TaskState.CHANGED, durable=True, branch=ctx.branch, commit_sha=commit_sha)
         return TaskOutcome(
             self.task_id,
@@ -229,25 +221,131 @@ class _Run:
             cost_usd=self.memory.cost_usd,
         )
 
-    async def prepare(self, prepared: dict[str, Any] | None) -> str:
-        """A fresh checkout at the base commit (the one recorded before, on a retry or resume)."""
+    async def keep_commit(self, base_sha: str, commit_sha: str | None) -> dict[str, Any]:
+        """Write `committed`, with the commit itself as a bundle (up to the size cap), so that
+        publishing never needs this workspace."""
+        committed: dict[str, Any] = {
+            "branch": self.ctx.branch if commit_sha else None,
+            "commit_sha": commit_sha,
+        }
+        events: list[Event] = []
+        if commit_sha is not None:
+            repo = self.repo_path
+            committed["diffstat"] = await asyncio.to_thread(ws.diffstat, repo, base_sha, commit_sha)
+            bundle = await asyncio.to_thread(ws.create_bundle, repo, base_sha, commit_sha)
+            kept = len(bundle) <= self.ctx.publish.bundle_max_mb * 1024 * 1024
+            committed["bundle_bytes"] = len(bundle) if kept else None
+            if kept:
+                events.append(BundleEvent(self.task_id, commit_sha, bundle))
+        events.append(CheckpointEvent(self.task_id, Step.COMMITTED, committed))
+        await self.emit(events, True)
+        return committed
+
+    async def publish(self, checkpoints: dict[Step, dict[str, Any]], sha: str) -> dict[str, Any]:
+        """Push the commit (once: `pushed`), then open or find its PR (`published`)."""
+        ctx = self.ctx
+        await self.update(TaskState.PUBLISHING, lease_owner=self.owner)
+        prepared = checkpoints[Step.PREPARED]
+        if "target" in prepared:
+            target = Target.from_json(prepared["target"], self.repo)
+        else:  # committed by a dry run: look at the remote now (`ado publish`)
+            target = await self.publisher.target(await self.ref_is_branch(await self.mirror()))
+        if Step.PUSHED not in checkpoints:
+            await self.restore_commit(prepared["base_sha"], sha)
+            async with self.limited(f"forge:{self.host}"):
+                result = await self.publisher.push(self.repo_path, target, sha)
+            checkpoints[Step.PUSHED] = {"url": target.push_url, "result": result}
+            await self.checkpoint(Step.PUSHED, checkpoints[Step.PUSHED], durable=True)
+            await self.reached(Step.PUSHED)
+        published: dict[str, Any] = {"url": target.push_url, "remote": target.push_url}
+        if ctx.publish.pr:
+            pr = await self.publisher.open_pr(target, self.pr_fields(checkpoints))
+            published = {"url": pr.url, "number": pr.number, "remote": target.push_url}
+        checkpoints[Step.PUBLISHED] = published
+        await self.checkpoint(Step.PUBLISHED, published, durable=True)
+        await self.reached(Step.PUBLISHED)
+        return published
+
+    async def restore_commit(self, base_sha: str, sha: str) -> None:
+        """The commit in this task's checkout: as left there, or from the stored bundle."""
+        if self.repo_path.is_dir() and await asyncio.to_thread(ws.has_commit, self.repo_path, sha):
+            return
+        if self.spec.bundle is None:
+            raise TaskFailed(
+                FailureClass.INFRA,
+                f"commit {sha[:12]} is neither in {self.repo_path} nor stored (its bundle was "
+                "over publish.bundle_max_mb); re-run the task",
+            )
+        mirror = await self.mirror()
+        branch, bundle = self.ctx.branch, self.spec.bundle
+        await asyncio.to_thread(
+            ws.restore_bundle, mirror, self.repo_path, base_sha, bundle, sha, branch
+        )
+
+    def pr_fields(self, checkpoints: dict[Step, dict[str, Any]]) -> dict[str, str]:
+        """The values of the PR title and body templates."""
+        ctx = self.ctx
+        stat = checkpoints[Step.COMMITTED].get("diffstat") or {}
+        summary = ((checkpoints.get(Step.AGENT_DONE) or {}).get("summary") or "").strip()
+        message = ctx.git.message.format(
+            run_name=ctx.run_name, run_id=ctx.run_id, repo_name=self.repo.name, branch=ctx.branch
+        )
+        lines = [line.strip().lstrip("#").strip() for line in (ctx.prompt or "").splitlines()]
+        return {
+            "run_name": ctx.run_name,
+            "run_id": ctx.run_id,
+            "repo_name": self.repo.name,
+            "branch": ctx.branch,
+            "prompt_line": next((line for line in lines if line), message)[:120],
+            "diffstat": stat.get("text", ""),
+            "summary": f"\n{summary}\n" if summary else "",
+        }
+
+    async def mirror(self) -> Path:
+        """The node's mirror of the repository, refreshed (counts against `git:<host>`)."""
         try:
             async with self.limited(f"git:{self.host}"):
-                mirror = await asyncio.to_thread(
-                    ws.ensure_mirror, self.ctx.cache_root, self.repo.url
+                return await asyncio.to_thread(
+                    ws.ensure_mirror,
+                    self.ctx.cache_root,
+                    self.repo.url,
+                    env=self.publisher.git_env(self.repo.url),
                 )
+        except GitAuthError as exc:
+            raise TaskFailed(FailureClass.FORGE, self.publisher.auth_hint(exc)) from exc
         except WorkspaceError as exc:
             raise TaskFailed(FailureClass.INFRA, str(exc)) from exc
+
+    async def ref_is_branch(self, mirror: Path) -> bool:
+        ref = self.repo.ref
+        return ref is not None and await asyncio.to_thread(ws.is_branch, mirror, ref)
+
+    async def prepare(self, prepared: dict[str, Any] | None) -> dict[str, Any]:
+        """A fresh checkout at the base commit (the one recorded before, on a retry or
+        resume), after a look at the remote when the run publishes."""
+        mirror = await self.mirror()
+        target = None
+        if not self.ctx.dry_run:
+            target = await self.publisher.target(await self.ref_is_branch(mirror))
         try:
-            base_sha = (
-                prepared["base_sha"]
-                if prepared
-                else await asyncio.to_thread(ws.resolve_ref, mirror, self.repo.ref)
-            )
+            if prepared:
+                base_sha = prepared["base_sha"]
+            elif target is not None and target.start_sha:  # --conflict append
+                base_sha = target.start_sha
+                if not await asyncio.to_thread(ws.has_commit, mirror, base_sha):
+                    env = self.publisher.git_env(target.push_url)
+                    await asyncio.to_thread(
+                        ws.fetch_branch, mirror, target.push_url, self.ctx.branch, env=env
+                    )
+            else:
+                base_sha = await asyncio.to_thread(ws.resolve_ref, mirror, self.repo.ref)
         except WorkspaceError as exc:
             raise TaskFailed(FailureClass.INPUT, str(exc)) from exc
         await asyncio.to_thread(ws.create_checkout, mirror, self.repo_path, base_sha)
-        return str(base_sha)
+        data: dict[str, Any] = {"base_sha": str(base_sha)}
+        if target is not None:
+            data["target"] = target.to_json()
+        return data
 
     async def run_agent(self, prepared: dict[str, Any]) -> dict[str, Any]:
         """Take a route, run its agent once; return the `agent_done` data."""
@@ -345,6 +443,7 @@ class _Run:
             )
         return {
             "session_id": result.session_id,
+            "summary": (result.result_text or "")[:4000] or None,
             "exit_code": exit.returncode,
             "provider": chosen.provider,
             "mode": chosen.mode,

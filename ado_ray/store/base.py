@@ -95,6 +95,9 @@ class Store(Protocol):
 
     def sessions(self, task_id: str) -> list[SessionRecord]: ...
 
+    def bundle(self, task_id: str) -> tuple[str, bytes] | None:
+        """The task's stored commit (sha, bundle bytes), or None."""
+
     # one driver per run
     def acquire_run_lock(self, run_id: str, owner: str, ttl_s: float) -> str | None:
         """Take or renew the run's lease for `owner`. Return None on success, else the

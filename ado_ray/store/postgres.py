@@ -31,6 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ado_ray.errors import ConfigError, StoreError, UnknownRunError
 from ado_ray.models import (
+    BundleEvent,
     CheckpointEvent,
     Event,
     RunStatus,
@@ -95,6 +96,8 @@ def event_statement(event: Event) -> tuple[str, Row]:
             return "upsert_session", asdict(event) | {"usage": to_json(event.usage)}
         case UsageEvent():
             return "upsert_usage", asdict(event)
+        case BundleEvent():
+            return "upsert_bundle", asdict(event) | {"size": len(event.data)}
         case _:
             raise TypeError(f"not an event: {event!r}")
 
@@ -103,10 +106,10 @@ def grouped_statements(events: Iterable[Event]) -> list[tuple[str, list[Row]]]:
     """The events as one (query, [parameters, ...]) group per query, each in event order.
 
     Running the groups one after the other leaves the same rows as running the events one
-    by one: each query writes its own table (tasks, checkpoints, sessions, usage_records)
-    and reads no table another one writes, so only the order within a query matters, and
-    that order is kept: the last TaskUpdate of a task still wins, as does the last
-    checkpoint of a step.
+    by one: each query writes its own table (tasks, checkpoints, sessions, usage_records,
+    bundles) and reads no table another one writes, so only the order within a query
+    matters, and that order is kept: the last TaskUpdate of a task still wins, as does the
+    last checkpoint of a step and the last bundle of a task.
     """
     groups: dict[str, list[Row]] = {}
     for event in events:
@@ -394,6 +397,11 @@ class PostgresStore:
         with self._transaction("read sessions") as conn:
             rows = self._rows(conn, "sessions", {"task_id": task_id})
         return [session_record(_row(row)) for row in rows]
+
+    def bundle(self, task_id: str) -> tuple[str, bytes] | None:
+        with self._transaction("read bundle") as conn:
+            rows = self._rows(conn, "bundle", {"task_id": task_id})
+        return (rows[0]["commit_sha"], bytes(rows[0]["data"])) if rows else None
 
     # one driver per run
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from ado_ray.errors import ConfigError, StoreError, UnknownRunError
 from ado_ray.models import (
+    BundleEvent,
     CheckpointEvent,
     Event,
     RunStatus,
@@ -312,6 +313,9 @@ class SQLiteStore:
                 conn.execute(self._sql["upsert_session"], params)
             case UsageEvent():
                 conn.execute(self._sql["upsert_usage"], asdict(event) | {"now": now})
+            case BundleEvent():
+                params = asdict(event) | {"size": len(event.data), "now": now}
+                conn.execute(self._sql["upsert_bundle"], params)
             case _:
                 raise TypeError(f"not an event: {event!r}")
 
@@ -325,6 +329,11 @@ class SQLiteStore:
         with self._transaction("read sessions", write=False) as conn:
             rows = conn.execute(self._sql["sessions"], {"task_id": task_id}).fetchall()
         return [session_record(_row(row)) for row in rows]
+
+    def bundle(self, task_id: str) -> tuple[str, bytes] | None:
+        with self._transaction("read bundle", write=False) as conn:
+            row = conn.execute(self._sql["bundle"], {"task_id": task_id}).fetchone()
+        return None if row is None else (row["commit_sha"], bytes(row["data"]))
 
     # one driver per run
 

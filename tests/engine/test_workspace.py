@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import subprocess
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 
 from ado_ray.engine import workspace as ws
-from ado_ray.errors import WorkspaceError
+from ado_ray.errors import GitAuthError, WorkspaceError
 
 ME = {
     "GIT_AUTHOR_NAME": "Upstream Dev",
@@ -376,3 +382,417 @@ def test_push_branch_to_missing_remote_fails(committed: tuple[Path, str], tmp_pa
     repo, sha = committed
     with pytest.raises(WorkspaceError, match=r"push .* does not appear to be a git repository"):
         ws.push_branch(repo, str(tmp_path / "gone"), sha, "ado/x")
+    with pytest.raises(WorkspaceError) as info:
+        ws.push_branch(repo, str(tmp_path / "gone"), sha, "ado/x")
+    assert not isinstance(info.value, GitAuthError)  # not every failure is about credentials
+
+
+def other_commit(origin: Path, branch: str) -> str:
+    """A commit on main's parent, so not an ancestor of the task's commit; at `branch`."""
+    sha = sh(origin, "commit-tree", "-p", "main~1", "-m", "someone else", "main~1^{tree}")
+    sh(origin, "branch", "-f", branch, sha)
+    return sha
+
+
+def test_push_branch_expect_sha_replaces_what_it_expects(
+    committed: tuple[Path, str], origin: Path
+) -> None:
+    repo, sha = committed
+    old = other_commit(origin, "ado/x")
+    assert ws.push_branch(repo, str(origin), sha, "ado/x", expect=old) == "pushed"
+    assert sh(origin, "rev-parse", "refs/heads/ado/x") == sha
+    is_ancestor = ["git", "merge-base", "--is-ancestor", old, sha]
+    assert subprocess.run(is_ancestor, cwd=origin, check=False).returncode == 1  # not a ff
+    # A retry of a push that did succeed finds the branch at sha: fine, whatever it expected.
+    assert ws.push_branch(repo, str(origin), sha, "ado/x", expect=old) == "up-to-date"
+
+
+def test_push_branch_expect_sha_refuses_a_branch_that_moved(
+    committed: tuple[Path, str], origin: Path
+) -> None:
+    repo, sha = committed
+    moved = other_commit(origin, "ado/x")
+    expected = sh(origin, "rev-parse", "main")
+    with pytest.raises(WorkspaceError) as info:
+        ws.push_branch(repo, str(origin), sha, "ado/x", expect=expected)
+    message = str(info.value)
+    assert message.startswith(
+        f"branch ado/x in {origin} is at {moved[:12]}; expected it at {expected[:12]} "
+        f"(to replace it with {sha[:12]})"
+    )
+    assert sh(origin, "rev-parse", "refs/heads/ado/x") == moved
+    with pytest.raises(
+        WorkspaceError, match=rf"ado/y in .* is absent; expected it at {expected[:12]}"
+    ):
+        ws.push_branch(repo, str(origin), sha, "ado/y", expect=expected)
+    assert branch_sha(origin, "ado/y") is None
+
+
+def test_push_branch_expect_none_forces(committed: tuple[Path, str], origin: Path) -> None:
+    repo, sha = committed
+    other_commit(origin, "ado/x")
+    assert ws.push_branch(repo, str(origin), sha, "ado/x", expect=None) == "pushed"
+    assert sh(origin, "rev-parse", "refs/heads/ado/x") == sha
+    assert ws.push_branch(repo, str(origin), sha, "ado/new", expect=None) == "pushed"
+
+
+def test_push_branch_says_why_the_server_refused(committed: tuple[Path, str], origin: Path) -> None:
+    repo, sha = committed
+    hook = origin / ".git" / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'ado/* is a protected branch' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    with pytest.raises(WorkspaceError) as info:
+        ws.push_branch(repo, str(origin), sha, "ado/x")
+    message = str(info.value)
+    assert "remote: ado/* is a protected branch" in message
+    assert "the push was [remote rejected] (pre-receive hook declined)" in message
+    assert "already exists" not in message and not isinstance(info.value, GitAuthError)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "Permission to acme/r.git denied to ado-bot.",
+        "HTTP Basic: Access denied",
+        "Authentication failed for https://example.com/acme/r.git/",
+    ],
+)
+def test_push_branch_refused_credentials_raise_git_auth_error(
+    committed: tuple[Path, str], origin: Path, refusal: str
+) -> None:
+    """What forges print (as `remote:` lines) when a token may not push."""
+    repo, sha = committed
+    hook = origin / ".git" / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    with pytest.raises(GitAuthError, match="the git server refused the credentials") as info:
+        ws.push_branch(repo, str(origin), sha, "ado/x")
+    assert f"remote: {refusal}" in str(info.value)
+    assert isinstance(info.value, WorkspaceError)
+
+
+def test_remote_branch_sha(origin: Path) -> None:
+    main = sh(origin, "rev-parse", "main")
+    assert ws.remote_branch_sha(str(origin), "main") == main
+    assert ws.remote_branch_sha(f"file://{origin}", "feature") == sh(origin, "rev-parse", "feature")
+    assert ws.remote_branch_sha(str(origin), "ado/x") is None
+    sh(origin, "branch", "deep/refs/heads/ado/x", main)  # ls-remote would match its tail
+    assert ws.remote_branch_sha(str(origin), "ado/x") is None
+    assert ws.remote_branch_sha(str(origin), "v1") is None  # a tag, not a branch
+    with pytest.raises(WorkspaceError, match="starts with '-'"):
+        ws.remote_branch_sha("--upload-pack=touch /tmp/x", "main")
+
+
+# --- bundles --------------------------------------------------------------------------------
+
+
+def test_bundle_restores_the_commit_in_another_place(
+    committed: tuple[Path, str], origin: Path, cache: Path, tmp_path: Path
+) -> None:
+    repo, sha = committed
+    base = parents(repo, sha)[0]
+    tree_sha = sh(repo, "rev-parse", f"{sha}^{{tree}}")
+    data = ws.create_bundle(repo, base, sha)
+    assert data.startswith(b"# v2 git bundle\n")
+    assert branch_sha(repo, "ado/x") == sha
+    assert sh(repo, "for-each-ref", "refs/ado") == ""  # the temporary ref is gone
+    ws.remove_tree(repo)
+
+    dest = tmp_path / "elsewhere" / "repo"
+    mirror = ws.mirror_path(cache, str(origin))
+    ws.restore_bundle(mirror, dest, base, data, sha, "ado/x")
+    assert sh(dest, "rev-parse", "HEAD") == sha
+    assert branch_sha(dest, "ado/x") == sha
+    assert sh(dest, "symbolic-ref", "HEAD") == "refs/heads/ado/x"
+    assert sh(dest, "rev-parse", f"{sha}^{{tree}}") == tree_sha
+    assert (dest / "new.txt").read_text() == "new\n"
+    assert sh(dest, "status", "--porcelain") == ""
+    assert ws.existing_commit(dest, base, "ado/x") == sha  # what resume looks for
+    assert ws.push_branch(dest, str(origin), sha, "ado/x") == "pushed"
+    assert sh(origin, "rev-parse", "refs/heads/ado/x") == sha
+
+
+def test_bundle_holds_only_what_the_base_lacks(committed: tuple[Path, str]) -> None:
+    repo, sha = committed
+    base = parents(repo, sha)[0]
+    big = ws.create_bundle(repo, sh(repo, "rev-list", "--max-parents=0", base), sha)
+    small = ws.create_bundle(repo, base, sha)
+    assert len(small) < len(big)
+    assert ws.create_bundle(repo, base, sha) == small  # the same commit, the same bytes
+
+
+def test_restore_bundle_refuses_a_bundle_of_another_commit(
+    committed: tuple[Path, str], origin: Path, cache: Path, tmp_path: Path
+) -> None:
+    repo, sha = committed
+    base = parents(repo, sha)[0]
+    data = ws.create_bundle(repo, base, sha)
+    mirror = ws.mirror_path(cache, str(origin))
+    dest = tmp_path / "restored"
+    wrong = "f" * 40
+    with pytest.raises(WorkspaceError) as info:
+        ws.restore_bundle(mirror, dest, base, data, wrong, "ado/x")
+    assert str(info.value) == (
+        f"the stored bundle holds {ws.BUNDLE_REF} at {sha[:12]}; expected {ws.BUNDLE_REF} at "
+        "ffffffffffff; the store's bundle and commit disagree: run the task again"
+    )
+    with pytest.raises(WorkspaceError, match="bundle"):
+        ws.restore_bundle(mirror, dest, base, b"not a bundle\n", sha, "ado/x")
+    assert branch_sha(dest, "ado/x") is None
+
+
+def test_restore_bundle_refuses_a_commit_not_on_the_base(
+    checkout: tuple[Path, str], origin: Path, cache: Path, tmp_path: Path
+) -> None:
+    repo, base = checkout
+    commit_file(repo, "one.txt", "1\n", "one")
+    tip = commit_file(repo, "two.txt", "2\n", "two")  # two commits: not what commit_changes makes
+    data = ws.create_bundle(repo, base, tip)
+    mirror = ws.mirror_path(cache, str(origin))
+    with pytest.raises(
+        WorkspaceError, match=rf"parents \['\w{{12}}'\]; expected exactly {base[:12]}"
+    ):
+        ws.restore_bundle(mirror, tmp_path / "restored", base, data, tip, "ado/x")
+
+
+# --- diffstat -------------------------------------------------------------------------------
+
+
+def test_diffstat_counts_files_and_lines(checkout: tuple[Path, str]) -> None:
+    repo, base = checkout
+    (repo / "README.md").write_text("hello\nworld\n")  # +1
+    (repo / ".gitignore").unlink()  # -1
+    (repo / "new.txt").write_text("a\nb\nc\n")  # +3
+    (repo / "blob.bin").write_bytes(b"\0\1\2")  # binary: a file, no lines
+    sha = ws.commit_changes(repo, base, "ado/x", "msg", "Ado Bot", "bot@x.io")
+    assert sha is not None
+    stat = ws.diffstat(repo, base, sha)
+    assert {k: stat[k] for k in ("files", "insertions", "deletions")} == {
+        "files": 4,
+        "insertions": 4,
+        "deletions": 1,
+    }
+    lines = stat["text"].splitlines()
+    assert lines[-1] == " 4 files changed, 4 insertions(+), 1 deletion(-)"
+    assert [line.split("|")[0].strip() for line in lines[:-1]] == [
+        ".gitignore",
+        "README.md",
+        "blob.bin",
+        "new.txt",
+    ]
+    assert "Bin 0 -> 3 bytes" in stat["text"]
+
+
+def test_diffstat_text_is_at_most_50_lines(checkout: tuple[Path, str]) -> None:
+    repo, base = checkout
+    for i in range(60):
+        (repo / f"f{i:02}.txt").write_text(f"{i}\n")
+    sha = ws.commit_changes(repo, base, "ado/x", "msg", "Ado Bot", "bot@x.io")
+    assert sha is not None
+    stat = ws.diffstat(repo, base, sha)
+    assert (stat["files"], stat["insertions"], stat["deletions"]) == (60, 60, 0)
+    lines = stat["text"].splitlines()
+    assert len(lines) == ws.MAX_STAT_LINES == 50
+    assert lines[0].startswith(" f00.txt ") and lines[47].startswith(" f47.txt ")
+    assert lines[48:] == [" ... and 12 more files", " 60 files changed, 60 insertions(+)"]
+    assert ws.diffstat(repo, base, base) == {
+        "files": 0,
+        "insertions": 0,
+        "deletions": 0,
+        "text": "",
+    }
+
+
+# --- credentials over HTTP ------------------------------------------------------------------
+
+USER, TOKEN = "x-access-token", "ghs_s3cretToken42"
+BASIC = base64.b64encode(f"{USER}:{TOKEN}".encode()).decode()
+
+
+def test_auth_env_sets_one_header_for_the_origin() -> None:
+    env = ws.auth_env("https://ado:old@GitHub.com/acme/r.git", USER, TOKEN)
+    assert env == {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.https://github.com/.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {BASIC}",
+    }
+    assert ws.auth_env("http://[::1]:8080/r", "u", "t")["GIT_CONFIG_KEY_0"] == (
+        "http.http://[::1]:8080/.extraHeader"
+    )
+    for url in ["git@github.com:acme/r.git", "ssh://git@host/r.git", "/srv/r.git", "file:///r"]:
+        assert ws.auth_env(url, USER, TOKEN) == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("https://github.com/other/repo.git", True),  # any repository of that origin
+        ("https://github.com:443/acme/r.git", True),  # the default port is the same origin
+        ("https://github.com:8443/acme/r.git", False),
+        ("http://github.com/acme/r.git", False),  # not over plain http
+        ("https://api.github.com/acme/r.git", False),
+        ("https://github.com.evil.example/acme/r.git", False),
+    ],
+)
+def test_auth_env_header_reaches_only_its_origin(url: str, sent: bool, tmp_path: Path) -> None:
+    """As git itself matches `http.<url>.*` settings against a request's URL."""
+    env = {**os.environ, **ws.auth_env("https://github.com/acme/r.git", USER, TOKEN)}
+    done = subprocess.run(
+        ["git", "config", "--get-urlmatch", "http.extraHeader", url],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.strip() == (f"Authorization: Basic {BASIC}" if sent else "")
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class GitHTTP:
+    """Git's smart HTTP protocol for the repositories under `root` (`git http-backend`
+    behind a WSGI server on 127.0.0.1), for one username and token: other requests get
+    `refusal` (a 401 asks for credentials, as forges do)."""
+
+    CGI_KEYS = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "REMOTE_ADDR")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.refusal = "401 Unauthorized"
+        self.seen: list[str | None] = []  # the Authorization header of each request
+        self.server = make_server("127.0.0.1", 0, self.app, handler_class=_Quiet)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/{name}"
+
+    def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        self.seen.append(environ.get("HTTP_AUTHORIZATION"))
+        if environ.get("HTTP_AUTHORIZATION") != f"Basic {BASIC}":
+            challenge = [("WWW-Authenticate", 'Basic realm="git"')]
+            start_response(self.refusal, challenge if self.refusal.startswith("401") else [])
+            return [b"no\n"]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        cgi = {k: v for k, v in environ.items() if k.startswith("HTTP_") or k in self.CGI_KEYS}
+        cgi |= {"CONTENT_LENGTH": str(length), "GIT_PROJECT_ROOT": str(self.root)}
+        cgi |= {"GIT_HTTP_EXPORT_ALL": "1", "REMOTE_USER": USER, "PATH": os.environ["PATH"]}
+        out = subprocess.run(["git", "http-backend"], input=body, env=cgi, capture_output=True)
+        head, _, payload = re.split(rb"(\r?\n\r?\n)", out.stdout, maxsplit=1)
+        headers = [tuple(h.split(": ", 1)) for h in head.decode().splitlines()]
+        status = dict(headers).pop("Status", "200 OK")
+        start_response(status, [h for h in headers if h[0] != "Status"])
+        return [payload]
+
+
+@pytest.fixture
+def forge(tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GitHTTP]:
+    """`origin` served over HTTP; git sees no user config (no credential helper to ask)."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
+    server = GitHTTP(origin.parent)
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def files_under(root: Path) -> Iterator[bytes]:
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            yield path.read_bytes()
+
+
+def test_clone_fetch_and_push_with_auth_env_store_no_credentials(
+    forge: GitHTTP, origin: Path, cache: Path, tmp_path: Path
+) -> None:
+    url = forge.url("origin")
+    env = ws.auth_env(url, USER, TOKEN)
+    mirror = ws.ensure_mirror(cache, url, env=env)
+    assert ws.resolve_ref(mirror, "main") == sh(origin, "rev-parse", "main")
+    config = (mirror / "config").read_text()
+    assert TOKEN not in config and BASIC not in config and "extraheader" not in config.lower()
+    assert sh(mirror, "config", "remote.origin.url") == url
+    for data in files_under(cache):  # nothing anywhere in the cache
+        assert TOKEN.encode() not in data and BASIC.encode() not in data
+
+    new = commit_file(origin, "later.txt", "later\n", "upstream moves on")
+    assert ws.ensure_mirror(cache, url, env=env) == mirror  # a refresh
+    assert ws.resolve_ref(mirror, "main") == new
+    assert ws.remote_branch_sha(url, "main", env=env) == new
+
+    dest = tmp_path / "work" / "repo"
+    ws.create_checkout(mirror, dest, new)
+    (dest / "fix.txt").write_text("fix\n")
+    sha = ws.commit_changes(dest, new, "ado/x", "msg", "Ado Bot", "bot@x.io")
+    assert sha is not None
+    assert ws.push_branch(dest, url, sha, "ado/x", env=env) == "pushed"
+    assert sh(origin, "rev-parse", "refs/heads/ado/x") == sha
+    assert ws.remote_branch_sha(url, "ado/x", env=env) == sha
+    assert ws.push_branch(dest, url, sha, "ado/x", env=env) == "up-to-date"
+    assert set(forge.seen) == {f"Basic {BASIC}"}  # every request carried the header
+    for data in files_under(dest / ".git"):
+        assert TOKEN.encode() not in data and BASIC.encode() not in data
+
+
+@pytest.mark.parametrize("refusal", ["401 Unauthorized", "403 Forbidden"])
+def test_refused_credentials_raise_git_auth_error_without_the_token(
+    forge: GitHTTP, cache: Path, committed: tuple[Path, str], refusal: str
+) -> None:
+    forge.refusal = refusal
+    url = forge.url("origin")
+    wrong = ws.auth_env(url, USER, "wrong-token-123")
+    repo, sha = committed
+    calls: list[Callable[[], object]] = [
+        lambda: ws.ensure_mirror(cache, url, env=wrong),
+        lambda: ws.remote_branch_sha(url, "main", env=wrong),
+        lambda: ws.push_branch(repo, url, sha, "ado/x", env=wrong),
+        lambda: ws.remote_branch_sha(url, "main"),  # no credentials at all
+    ]
+    for call in calls:
+        with pytest.raises(GitAuthError) as info:
+            call()
+        message = str(info.value)
+        assert "the git server refused the credentials" in message
+        assert "wrong-token-123" not in message
+        assert wrong["GIT_CONFIG_VALUE_0"].split()[-1] not in message
+    assert not ws.mirror_path(cache, url).exists()
+
+
+def test_credentials_reach_no_other_origin(forge: GitHTTP, origin: Path) -> None:
+    other = GitHTTP(origin.parent)  # the same repositories, on another port
+    other.thread.start()
+    try:
+        env = ws.auth_env(forge.url("origin"), USER, TOKEN)
+        with pytest.raises(GitAuthError):
+            ws.remote_branch_sha(other.url("origin"), "main", env=env)
+        assert other.seen and set(other.seen) == {None}
+    finally:
+        other.server.shutdown()
+        other.server.server_close()
+
+
+def test_a_server_that_echoes_the_credentials_does_not_leak_them(
+    forge: GitHTTP, origin: Path, committed: tuple[Path, str]
+) -> None:
+    """Whatever the server prints comes back in `remote:` lines: the header, the pair."""
+    hook = origin / ".git" / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        'echo "got Authorization: $HTTP_AUTHORIZATION" >&2\n'
+        'echo "got $HTTP_AUTHORIZATION" >&2\n'
+        'echo "$HTTP_AUTHORIZATION" | cut -d" " -f2 | base64 -d >&2\n'
+        "exit 1\n"
+    )
+    hook.chmod(0o755)
+    repo, sha = committed
+    url = forge.url("origin")
+    with pytest.raises(WorkspaceError) as info:
+        ws.push_branch(repo, url, sha, "ado/x", env=ws.auth_env(url, USER, TOKEN))
+    message = str(info.value)
+    # The server did print them, and each form is masked.
+    assert "remote: got ***\nremote: got Basic ***\nremote: ***\n" in message
+    assert TOKEN not in message and BASIC not in message

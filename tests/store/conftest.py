@@ -36,7 +36,7 @@ SQLITE_ONLY = {
     "test_sink.py::test_a_locked_database_delays_writes_and_loses_nothing",
 }
 RUN = "run-0001"  # the default run id of build_run
-TABLES = ["runs", "tasks", "sessions", "usage_records", "checkpoints", "run_locks"]
+TABLES = ["runs", "tasks", "sessions", "usage_records", "checkpoints", "run_locks", "bundles"]
 T0 = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from ado_ray.errors import StoreError
-from ado_ray.models import CheckpointEvent, Event, SessionEvent, Step, TaskState, TaskUpdate
+from ado_ray.models import (
+    BundleEvent,
+    CheckpointEvent,
+    Event,
+    SessionEvent,
+    Step,
+    TaskState,
+    TaskUpdate,
+)
 from ado_ray.store import Store, open_store
 from ado_ray.store import sink as sink_module
 from ado_ray.store.sink import Sink
@@ -153,6 +161,28 @@ def test_durable_submit_returns_once_another_store_can_read_it(
         asyncio.run(main())
     finally:
         reader.close()
+
+
+@pytest.mark.integration
+def test_a_bundle_reaches_the_store_unchanged_through_a_ray_actor(
+    ray_address: str, store: Store, store_url: str, tasks: list[str]
+) -> None:
+    import ray
+
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value: pickled, not decoded
+    events: list[Event] = [
+        BundleEvent(tasks[0], "a" * 40, data),
+        BundleEvent(tasks[1], "b" * 40, b"\0"),
+    ]
+    sink = ray.remote(Sink).options(num_cpus=0).remote(store_url)  # type: ignore[attr-defined]
+    try:
+        ray.get(sink.submit.remote(events, durable=True), timeout=60)
+        ray.get(sink.close.remote(), timeout=60)
+    finally:
+        ray.kill(sink)
+    assert store.bundle(tasks[0]) == ("a" * 40, data)
+    assert store.bundle(tasks[1]) == ("b" * 40, b"\0")
+    assert store.bundle(tasks[2]) is None
 
 
 def test_flush_close_and_after(store_url: str, tasks: list[str]) -> None:

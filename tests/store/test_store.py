@@ -17,6 +17,7 @@ import pytest
 from ado_ray.errors import ConfigError, StoreError, UnknownRunError
 from ado_ray.models import (
     TERMINAL_STATES,
+    BundleEvent,
     CheckpointEvent,
     Event,
     FailureClass,
@@ -28,8 +29,14 @@ from ado_ray.models import (
     UsageEvent,
 )
 from ado_ray.store import BACKENDS, SessionRecord, Store, describe_store, open_store
+from ado_ray.store import postgres as postgres_module
+from ado_ray.store import sqlite as sqlite_module
+from ado_ray.store.sqlfiles import load_migrations
 from ado_ray.store.sqlite import SQLiteStore, split_script
 from tests.store.conftest import RUN, T0, TABLES, Raw, build_run, create_run, dump, open_raw
+
+# A bundle's bytes: binary, NULs and all (a real one is made in tests/engine/test_workspace.py).
+BUNDLE = b"# v2 git bundle\n" + bytes(range(256)) * 4
 
 
 def task(store: Store, task_id: str) -> Any:
@@ -47,6 +54,7 @@ def full_batch(t0: str) -> list[Event]:
         UsageEvent(t0, 1, "anthropic/claude", input_tokens=10, output_tokens=20, cost_usd=0.01),
         CheckpointEvent(t0, Step.AGENT_DONE, {"session_id": "sess-1", "exit_code": 0}),
         TaskUpdate(t0, TaskState.CHANGED, branch="ado/x", commit_sha="def"),
+        BundleEvent(t0, "def", BUNDLE),
         CheckpointEvent(t0, Step.COMMITTED, {"branch": "ado/x", "commit_sha": "def"}),
     ]
 
@@ -178,8 +186,11 @@ def test_apply_every_event_type(store: Store, raw: Raw) -> None:
         "output_tokens": 20,
         "cost_usd": 0.01,
     }
+    assert store.bundle(t0) == ("def", BUNDLE)
+    (bundle,) = raw.rows("bundles")
+    assert (bundle["task_id"], bundle["size"], bytes(bundle["data"])) == (t0, len(BUNDLE), BUNDLE)
     assert task(store, t1).state is TaskState.QUEUED
-    assert (store.checkpoints(t1), store.sessions(t1)) == ({}, [])
+    assert (store.checkpoints(t1), store.sessions(t1), store.bundle(t1)) == ({}, [], None)
 
 
 def test_replayed_event_changes_nothing(store: Store, raw: Raw) -> None:
@@ -264,6 +275,7 @@ def test_terminal_state_clears_lease_owner(store: Store, state: TaskState) -> No
         CheckpointEvent("no-such-task", Step.PREPARED, {}),
         SessionEvent("no-such-task", 1, "claude", None, None, 0.0, "x.log", {}, "ok"),
         UsageEvent("no-such-task", 1, "k"),
+        BundleEvent("no-such-task", "abc", b"bundle"),
     ],
 )
 def test_event_for_an_unknown_task_fails_the_whole_batch(store: Store, bad_event: Event) -> None:
@@ -273,6 +285,32 @@ def test_event_for_an_unknown_task_fails_the_whole_batch(store: Store, bad_event
     assert task(store, t0).state is TaskState.QUEUED
     store.apply([TaskUpdate(t0, TaskState.RUNNING)])  # and the store still works
     assert task(store, t0).state is TaskState.RUNNING
+
+
+def test_bundle_round_trips_and_is_none_when_absent(store: Store) -> None:
+    t0, t1 = create_run(store, n_tasks=2)
+    assert store.bundle(t0) is None
+    big = bytes(range(256)) * 8192 + b"\0"  # 2 MiB and a byte, ending in NUL
+    store.apply([BundleEvent(t0, "a" * 40, big)])
+    assert store.bundle(t0) == ("a" * 40, big)
+    assert store.bundle(t1) is None
+    assert store.bundle("no-such-task") is None
+
+
+def test_bundle_upsert_replaces_and_replay_changes_nothing(store: Store, raw: Raw) -> None:
+    t0, t1 = create_run(store, n_tasks=2)
+    store.apply([BundleEvent(t0, "a" * 40, b"first"), BundleEvent(t1, "c" * 40, b"other")])
+    (first, _) = raw.rows("bundles")
+    time.sleep(0.01)  # a rewrite would now leave a different timestamp
+    store.apply([BundleEvent(t0, "a" * 40, b"first")])
+    assert raw.rows("bundles")[0] == first
+    store.apply([BundleEvent(t0, "b" * 40, b"second!"), BundleEvent(t0, "d" * 40, b"third")])
+    assert store.bundle(t0) == ("d" * 40, b"third")  # the later event in a batch wins
+    replaced, other = raw.rows("bundles")
+    assert (replaced["task_id"], replaced["size"]) == (t0, 5)
+    assert replaced["created_at"] > first["created_at"]  # a new bundle is a new record
+    assert store.bundle(t1) == ("c" * 40, b"other")
+    assert (other["task_id"], other["size"]) == (t1, 5)
 
 
 # --- run locks ---------------------------------------------------------------------------------
@@ -354,11 +392,46 @@ def test_concurrent_migrate_from_processes(store_url: str) -> None:
     assert versions and versions == sorted(set(versions))
 
 
+def test_migrate_upgrades_a_version_1_store(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made by an ado-ray that knew only 0001 gets 0002 (bundles), keeping its data."""
+    v1_only = {dialect: load_migrations(dialect)[:1] for dialect in ("sqlite", "postgresql")}
+    assert [name for _, name, _ in v1_only["sqlite"]] == ["0001_init.sql"]
+    for module in (sqlite_module, postgres_module):
+        monkeypatch.setattr(module, "load_migrations", v1_only.__getitem__)
+    old = open_store(store_url)
+    try:
+        old.migrate()
+        (t0,) = create_run(old, n_tasks=1)
+        old.apply([CheckpointEvent(t0, Step.PREPARED, {"base_sha": "abc"})])
+        with pytest.raises(StoreError, match="bundles"):
+            old.bundle(t0)
+    finally:
+        old.close()
+    monkeypatch.undo()
+    new = open_store(store_url)
+    try:
+        new.migrate()
+        assert new.checkpoints(t0) == {Step.PREPARED: {"base_sha": "abc"}}
+        assert new.bundle(t0) is None
+        new.apply([BundleEvent(t0, "a" * 40, b"bundle")])
+        assert new.bundle(t0) == ("a" * 40, b"bundle")
+    finally:
+        new.close()
+    raw = open_raw(store_url)
+    try:
+        assert [row["version"] for row in raw.rows("schema_version")] == [1, 2]
+    finally:
+        raw.close()
+
+
 def test_deleting_a_run_deletes_all_of_it(store: Store, raw: Raw) -> None:
     t0, *_ = create_run(store, "run-a")
     create_run(store, "run-b", 1)
     store.apply(full_batch(t0))
     store.acquire_run_lock("run-a", "driver-a", 60)
+    assert all(dump(raw).values())  # every table has a row to lose
     raw.delete_run("run-a")
     remaining = dump(raw)
     assert [row["run_id"] for row in remaining.pop("runs")] == ["run-b"]

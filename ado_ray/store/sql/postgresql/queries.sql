@@ -174,6 +174,18 @@ ON CONFLICT (task_id, attempt, key) DO UPDATE SET
     output_tokens = excluded.output_tokens,
     cost_usd = excluded.cost_usd;
 
+-- name: upsert_bundle
+-- task_id, commit_sha, size (bytes), data (bytea). A different bundle replaces the row,
+-- created_at included; a replay of the same one (WHERE) changes nothing.
+INSERT INTO bundles (task_id, commit_sha, size, data, created_at)
+VALUES (%(task_id)s, %(commit_sha)s, %(size)s, %(data)s::bytea, now())
+ON CONFLICT (task_id) DO UPDATE SET
+    commit_sha = excluded.commit_sha,
+    size = excluded.size,
+    data = excluded.data,
+    created_at = excluded.created_at
+WHERE (bundles.commit_sha, bundles.data) IS DISTINCT FROM (excluded.commit_sha, excluded.data);
+
 -- name: checkpoints
 -- task_id
 SELECT step, data FROM checkpoints WHERE task_id = %(task_id)s;
@@ -181,6 +193,10 @@ SELECT step, data FROM checkpoints WHERE task_id = %(task_id)s;
 -- name: sessions
 -- task_id
 SELECT * FROM sessions WHERE task_id = %(task_id)s ORDER BY attempt;
+
+-- name: bundle
+-- task_id
+SELECT commit_sha, data FROM bundles WHERE task_id = %(task_id)s;
 
 -- name: acquire_run_lock
 -- run_id, owner, ttl_s (seconds). Inserts the lease, or takes it over when it

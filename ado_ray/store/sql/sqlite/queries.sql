@@ -138,6 +138,18 @@ ON CONFLICT (task_id, attempt, key) DO UPDATE SET
     output_tokens = excluded.output_tokens,
     cost_usd = excluded.cost_usd;
 
+-- name: upsert_bundle
+-- :task_id, :commit_sha, :size (bytes), :data (BLOB), :now. A different bundle replaces
+-- the row, created_at included; a replay of the same one (WHERE) changes nothing.
+INSERT INTO bundles (task_id, commit_sha, size, data, created_at)
+VALUES (:task_id, :commit_sha, :size, :data, :now)
+ON CONFLICT (task_id) DO UPDATE SET
+    commit_sha = excluded.commit_sha,
+    size = excluded.size,
+    data = excluded.data,
+    created_at = excluded.created_at
+WHERE (bundles.commit_sha, bundles.data) IS NOT (excluded.commit_sha, excluded.data);
+
 -- name: checkpoints
 -- :task_id
 SELECT step, data FROM checkpoints WHERE task_id = :task_id;
@@ -145,6 +157,10 @@ SELECT step, data FROM checkpoints WHERE task_id = :task_id;
 -- name: sessions
 -- :task_id
 SELECT * FROM sessions WHERE task_id = :task_id ORDER BY attempt;
+
+-- name: bundle
+-- :task_id
+SELECT commit_sha, data FROM bundles WHERE task_id = :task_id;
 
 -- name: acquire_run_lock
 -- :run_id, :owner, :expires_at, :now. Inserts the lease, or takes it over when it is
