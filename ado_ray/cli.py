@@ -15,7 +15,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ado_ray.cli_options import F, handle_errors, option
+from ado_ray.cli_forge import LIST_PARAMS, PUBLISH_KEYS, prs, publish_options, repos
+from ado_ray.cli_options import F, handle_errors, option, store_options
 from ado_ray.cluster.commands import cluster
 from ado_ray.errors import UsageError
 
@@ -43,28 +44,8 @@ CONFIG_KEYS = {
     "fallback": "fallback",
     "max_cost": "max_cost_usd",
     "max_cost_per_task": "max_cost_per_task_usd",
+    **PUBLISH_KEYS,
 }
-
-
-def store_options(func: F) -> F:
-    func = option(
-        "--config",
-        "config_file",
-        env="ADO_CONFIG",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Config file (default: ./ado.yaml if present).",
-    )(func)
-    func = option(
-        "--state",
-        env=["ADO_STATE", "ADO_STATE_URL"],
-        help="State store: a SQLite path or a store URL [default: .ado/state.db].",
-    )(func)
-    func = option(
-        "--context",
-        env="ADO_CONTEXT",
-        help="Deployment context from the config: local, kubernetes (k8s), or your own.",
-    )(func)
-    return func
 
 
 def run_options(func: F) -> F:
@@ -147,6 +128,10 @@ def _sources(ctx: click.Context, params: dict[str, Any]) -> Any:
             value = None
         if param == "env_allow":
             value = [name for item in value for name in item.split(",") if name]
+        if param in LIST_PARAMS:
+            if not value:
+                continue
+            value = [name for item in value for name in item.split(",") if name]
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -162,6 +147,8 @@ def main() -> None:
 
 
 main.add_command(cluster)
+main.add_command(prs)
+main.add_command(repos)
 
 
 @main.command()
@@ -233,6 +220,7 @@ main.add_command(cluster)
     env="ADO_RETRY_FAILED",
     help="With --resume: run failed tasks again.",
 )
+@publish_options
 @run_options
 @click.pass_context
 @handle_errors
@@ -270,7 +258,22 @@ def batch(
 
 @main.command()
 @click.argument("run_id")
+@publish_options
+@run_options
+@click.pass_context
+@handle_errors
+def publish(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> None:
+    """Push RUN_ID's commits (e.g. a --dry-run's) and, with --pr, open their PRs; no agent runs."""
+    from ado_ray import api
+
+    result = api.publish(run_id, _sources(ctx, params), _progress_stream(as_json))
+    _finish(result, as_json)
+
+
+@main.command()
+@click.argument("run_id")
 @option("--retry-failed", is_flag=True, env="ADO_RETRY_FAILED", help="Run failed tasks again.")
+@publish_options
 @run_options
 @click.pass_context
 @handle_errors

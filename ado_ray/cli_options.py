@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -33,3 +34,24 @@ def handle_errors(func: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def store_options(func: F) -> F:
+    func = option(
+        "--config",
+        "config_file",
+        env="ADO_CONFIG",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Config file (default: ./ado.yaml if present).",
+    )(func)
+    func = option(
+        "--state",
+        env=["ADO_STATE", "ADO_STATE_URL"],
+        help="State store: a SQLite path or a store URL [default: .ado/state.db].",
+    )(func)
+    func = option(
+        "--context",
+        env="ADO_CONTEXT",
+        help="Deployment context from the config: local, kubernetes (k8s), or your own.",
+    )(func)
+    return func

@@ -71,10 +71,14 @@ def _task(store: Store, task: TaskRecord) -> dict[str, Any]:
     sessions = store.sessions(task.task_id)
     last = sessions[-1] if sessions else None
     usages = [session.usage for session in sessions]
+    published = checkpoints.get(Step.PUBLISHED) or {}
+    pr_url = published.get("url") if "number" in published else None
     if not task.commit_sha:
         location = None
-    elif Step.PUBLISHED in checkpoints:
-        location = f"branch {task.branch} of {checkpoints[Step.PUBLISHED]['url']}"
+    elif pr_url:
+        location = f"PR #{published['number']} {pr_url}"
+    elif published:
+        location = f"branch {task.branch} of {published['url']}"
     else:
         location = f"branch {task.branch} in the workspace {task.workspace}/repo (not pushed)"
     return {
@@ -87,6 +91,9 @@ def _task(store: Store, task: TaskRecord) -> dict[str, Any]:
         "branch": task.branch if task.commit_sha else None,
         "commit": task.commit_sha,
         "where": location,
+        "pr_url": pr_url,
+        "pr_number": published.get("number"),
+        "diffstat": _diffstat(checkpoints),
         "base_sha": task.base_sha,
         "attempts": task.attempt,
         "agent": last.agent if last else None,
@@ -102,6 +109,13 @@ def _task(store: Store, task: TaskRecord) -> dict[str, Any]:
         "workspace": task.workspace,
         "_sessions": usages,
     }
+
+
+def _diffstat(checkpoints: dict[Step, dict[str, Any]]) -> str | None:
+    stat = (checkpoints.get(Step.COMMITTED) or {}).get("diffstat")
+    if not stat:
+        return None
+    return f"{stat['files']} files, +{stat['insertions']} -{stat['deletions']}"
 
 
 def to_json(summary: dict[str, Any]) -> str:
