@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install servers agents lint test test-fast bench demo clean
+.PHONY: install servers agents forge-schemas lint test test-fast bench demo clean
 
 install: $(VENV)/.installed
 
@@ -22,13 +22,17 @@ servers:
 agents:
 	@bash .ci/agent-clis.sh
 
+# GitHub's OpenAPI description (@octokit/openapi, pinned), which the forge stand-ins answer in.
+forge-schemas:
+	@bash .ci/forge-schemas.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
-test: lint servers agents
+test: lint servers agents forge-schemas
 	$(BIN)/pytest
 
 test-fast: install
