@@ -190,7 +190,10 @@ def test_postgres_restarted_mid_run_loses_no_event(
         ).fetchall()
         sessions = conn.execute("SELECT count(*) FROM sessions").fetchone()
     assert len(steps) == 8
-    assert all(sorted(s) == ["agent_done", "committed", "prepared", "published"] for _, s in steps)
+    assert all(
+        sorted(s) == ["agent_done", "committed", "prepared", "published", "pushed"]
+        for _, s in steps
+    )
     assert sessions == (8,)
 
 
