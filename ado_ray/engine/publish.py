@@ -28,12 +28,10 @@ from ado_ray.errors import GitAuthError, WorkspaceError
 from ado_ray.forge import Forge, ForgeError, NewPR, PullRequest, make_forge
 from ado_ray.forge.base import ForgeAuthError, ForgeNotFound, ForgeRateLimited
 from ado_ray.forge.config import DEFAULT_BODY, Conflict
+from ado_ray.forge.http import GIT_USERNAMES
 from ado_ray.forge.pacing import LimiterPacer
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.models import FailureClass, RepoSpec
-
-# The Basic-auth user git sends with a token: what each forge documents for tokens.
-GIT_USERNAMES = {"github": "x-access-token", "gitlab": "oauth2", "gitea": "oauth2"}
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,6 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from pydantic import SecretStr
-
 from ado_ray.forge.base import (
     Checks,
     Discovery,
@@ -22,7 +20,6 @@ from ado_ray.forge.base import (
     MergeMethod,
     MergeResult,
     NewPR,
-    Pacer,
     PRState,
     PRStatus,
     PullRequest,
@@ -30,8 +27,7 @@ from ado_ray.forge.base import (
     combine_reviews,
     merge_order,
 )
-from ado_ray.forge.config import ForgeSettings
-from ado_ray.forge.http import ApiClient, seg
+from ado_ray.forge.http import RestForge, seg
 
 log = logging.getLogger(__name__)
 
@@ -40,34 +36,17 @@ _STATUS = {"success": Checks.SUCCESS, "pending": Checks.PENDING}
 _FAILED = {"failure", "error", "warning"}
 
 
-class Gitea:
+class Gitea(RestForge):
     """A `Forge` for one Gitea or Forgejo host."""
 
     kind = "gitea"
 
-    def __init__(
-        self,
-        host: str,
-        settings: ForgeSettings,
-        token: SecretStr | None,
-        pacer: Pacer,
-        *,
-        fork_wait_s: float = 60.0,
-    ) -> None:
-        self.host = host
-        self.api = ApiClient(
-            "gitea", host, settings.api_base(host), token, settings.token_env, pacer
-        )
-        self.fork_wait_s = fork_wait_s
-        self._me: Identity | None = None
-
-    def __repr__(self) -> str:
-        return f"Gitea({self.host})"
+    _me: Identity | None = None
 
     async def whoami(self) -> Identity:
         if self._me is None:
             login = (await self.api.request("GET", "/user")).data["login"]
-            self._me = Identity(login=login, git_username=login)
+            self._me = Identity(login=login, git_username=self.git_username)
         return self._me
 
     async def repo(self, path: str) -> RepoInfo:

@@ -7,8 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import SecretStr
-
 from ado_ray.forge.base import (
     Checks,
     Discovery,
@@ -18,7 +16,6 @@ from ado_ray.forge.base import (
     MergeMethod,
     MergeResult,
     NewPR,
-    Pacer,
     PRState,
     PRStatus,
     PullRequest,
@@ -28,42 +25,24 @@ from ado_ray.forge.base import (
     combine_reviews,
     merge_order,
 )
-from ado_ray.forge.config import ForgeSettings
-from ado_ray.forge.http import ApiClient, seg
+from ado_ray.forge.http import RestForge, seg
 
 log = logging.getLogger(__name__)
 
 _FAILED = {"failure", "cancelled", "timed_out", "action_required", "startup_failure", "stale"}
 
 
-class GitHub:
+class GitHub(RestForge):
     """A `Forge` for one GitHub host."""
 
     kind = "github"
 
-    def __init__(
-        self,
-        host: str,
-        settings: ForgeSettings,
-        token: SecretStr | None,
-        pacer: Pacer,
-        *,
-        fork_wait_s: float = 60.0,
-    ) -> None:
-        self.host = host
-        self.api = ApiClient(
-            "github", host, settings.api_base(host), token, settings.token_env, pacer
-        )
-        self.fork_wait_s = fork_wait_s
-        self._me: Identity | None = None
-
-    def __repr__(self) -> str:
-        return f"GitHub({self.host})"
+    _me: Identity | None = None
 
     async def whoami(self) -> Identity:
         if self._me is None:
             data = (await self.api.request("GET", "/user")).data
-            self._me = Identity(login=data["login"], git_username="x-access-token")
+            self._me = Identity(login=data["login"], git_username=self.git_username)
         return self._me
 
     async def repo(self, path: str) -> RepoInfo:

@@ -12,8 +12,6 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from pydantic import SecretStr
-
 from ado_ray.forge.base import (
     Checks,
     Discovery,
@@ -23,7 +21,6 @@ from ado_ray.forge.base import (
     MergeMethod,
     MergeResult,
     NewPR,
-    Pacer,
     PRState,
     PRStatus,
     PullRequest,
@@ -31,8 +28,7 @@ from ado_ray.forge.base import (
     Review,
     merge_order,
 )
-from ado_ray.forge.config import ForgeSettings
-from ado_ray.forge.http import ApiClient, seg
+from ado_ray.forge.http import RestForge, seg
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +49,21 @@ _UNCHECKED = {"checking", "unchecked", "preparing", "approvals_syncing", "cannot
 _STATES = {"opened": PRState.OPEN, "merged": PRState.MERGED}
 
 
-class GitLab:
+class GitLab(RestForge):
     """A `Forge` for one GitLab host."""
 
     kind = "gitlab"
 
-    def __init__(
-        self,
-        host: str,
-        settings: ForgeSettings,
-        token: SecretStr | None,
-        pacer: Pacer,
-        *,
-        fork_wait_s: float = 120.0,
-    ) -> None:
-        self.host = host
-        self.api = ApiClient(
-            "gitlab", host, settings.api_base(host), token, settings.token_env, pacer
-        )
-        self.fork_wait_s = fork_wait_s
-        self._me: tuple[Identity, int] | None = None
-
-    def __repr__(self) -> str:
-        return f"GitLab({self.host})"
+    _me: tuple[Identity, int] | None = None
+    fork_wait_default_s = 120.0
 
     async def _user(self) -> tuple[Identity, int]:
         if self._me is None:
             data = (await self.api.request("GET", "/user")).data
-            self._me = Identity(login=data["username"], git_username="oauth2"), int(data["id"])
+            self._me = (
+                Identity(login=data["username"], git_username=self.git_username),
+                int(data["id"]),
+            )
         return self._me
 
     async def whoami(self) -> Identity:

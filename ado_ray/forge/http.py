@@ -39,6 +39,7 @@ from ado_ray.forge.base import (
     ForgeRateLimited,
     Pacer,
 )
+from ado_ray.forge.config import ForgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -424,3 +425,34 @@ def _space(text: str) -> str:
 
 def _colon(text: str) -> str:
     return f": {text}" if text else ""
+
+
+# The Basic-auth user git sends with a token, as each forge documents for tokens (Gitea and
+# Forgejo take any user name when the password is a token).
+GIT_USERNAMES = {"github": "x-access-token", "gitlab": "oauth2", "gitea": "oauth2"}
+
+
+class RestForge:
+    """What the three forge clients share: one host, its `ApiClient`, and a name for repr."""
+
+    kind = ""
+    fork_wait_default_s = 60.0
+
+    def __init__(
+        self,
+        host: str,
+        settings: ForgeSettings,
+        token: SecretStr | None,
+        pacer: Pacer,
+        *,
+        fork_wait_s: float | None = None,
+    ) -> None:
+        self.host = host
+        self.api = ApiClient(
+            self.kind, host, settings.api_base(host), token, settings.token_env, pacer
+        )
+        self.fork_wait_s = self.fork_wait_default_s if fork_wait_s is None else fork_wait_s
+        self.git_username = GIT_USERNAMES[self.kind]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.host})"
