@@ -1,7 +1,8 @@
 """The HTTP core every forge client shares: auth headers, pacing, rate limits, errors, pages.
 
-Blocking `urllib.request` calls run in a worker thread (`asyncio.to_thread`), each inside
-`pacer.call()`. Every response is checked for the forge's rate-limit signal:
+Blocking `urllib.request` calls run in a thread pool of their own (not asyncio's default
+one, where git's clones and pushes queue), each inside `pacer.call()`, so a call admitted
+by the limiter goes out at once. Every response is checked for the forge's rate-limit signal:
 
 - GitHub: 403/429 with `retry-after` (secondary limit), or with `x-ratelimit-remaining: 0`
   (wait until `x-ratelimit-reset`, epoch seconds); a 2xx with `x-ratelimit-remaining: 0`
@@ -18,6 +19,7 @@ A limit reports `pacer.cooldown(reset_at)` and the request is sent again, at mos
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import json as jsonlib
 import logging
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 Params = Mapping[str, str | int | bool | None]
 OK = (200, 201, 202, 204)
+# One pool per process for every forge call: a call is sent as soon as it is admitted.
+_SENDERS = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="ado-forge-http")
 DEFAULT_LIMIT_WAIT_S = 60.0
 PAGE_SIZE = {"github": ("per_page", 100), "gitlab": ("per_page", 100), "gitea": ("limit", 50)}
 _AUTH_HEADERS = ("Authorization", "Private-token")  # as urllib.request.Request stores them
@@ -220,8 +224,8 @@ class ApiClient:
         while True:
             try:
                 async with self.pacer.call(pr=pr):
-                    status, found, raw = await asyncio.to_thread(
-                        self._send, method, url, body, headers
+                    status, found, raw = await asyncio.get_running_loop().run_in_executor(
+                        _SENDERS, self._send, method, url, body, headers
                     )
             except OSError as exc:  # URLError, timeouts, refused connections
                 problem = f"could not reach {self.base_url} ({_reason(exc)})"

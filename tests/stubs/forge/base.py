@@ -53,6 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     body_read = False  # set once the request body has been consumed
     reply_started = False  # set once a status line has gone out
+    arrived = 0.0  # time.monotonic() when the request line was read
 
     def send_response(self, code: int, message: str | None = None) -> None:
         if not self.reply_started:  # logged before the client can see the reply
@@ -62,6 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.body_read = self.reply_started = False  # one handler serves a keep-alive connection
+        self.arrived = time.monotonic()
         self.server.standin._handle(self)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
@@ -89,8 +91,13 @@ class ForgeStandIn:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token = token
         self.user = user
+        # (method, path, status, time.monotonic() at arrival), in the order of the replies
         self.requests: list[tuple[str, str, int, float]] = []
         self.schema_errors: list[str] = []
+        # The server's own cap on a page (Gitea's `[api] MAX_RESPONSE_ITEMS`, GitLab's and
+        # GitHub's 100): set it low to make a listing span pages without creating hundreds
+        # of repositories. None: the forge's documented maximum.
+        self.max_per_page: int | None = None
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
         self._server: _Server | None = None
@@ -293,7 +300,7 @@ class ForgeStandIn:
         parts = urlsplit(h.path)
         path = parts.path + "?" + REDACT.sub(r"\1***", parts.query) if parts.query else parts.path
         with self._lock:
-            self.requests.append((h.command, path, status, time.monotonic()))
+            self.requests.append((h.command, path, status, h.arrived))
 
     def _serve_git(self, h: _Handler, repo: str, rest: str, query: str) -> int:
         record = self.store.get(repo)
@@ -398,6 +405,9 @@ class ForgeStandIn:
         wrap: Callable[[list[Any], Page], Any] | None = None,
         status: int = 200,
     ) -> tuple[Reply, Page]:
+        if self.max_per_page is not None:
+            maximum = min(maximum, self.max_per_page)
+            default = min(default, maximum)
         page = paginate(items, request.query, size_key, default, maximum)
         rendered = [render(item) for item in page.items]
         reply = Reply(status, wrap(rendered, page) if wrap else rendered)
