@@ -30,7 +30,10 @@ from ado_ray.models import RepoSpec, TaskState
 from ado_ray.repos import format_repo_line, parse_repo_list
 from ado_ray.store import Store, open_store
 
-RUN_KEYS = ("agent", "git", "dry_run", "max_attempts", "publish")  # kept by a resumed run
+RUN_KEYS = (  # kept by a resumed run (flags given to `ado resume` still win)
+    "agent", "git", "dry_run", "max_attempts", "publish", "parallel", "fallback",
+    "max_cost_usd", "max_cost_per_task_usd",
+)  # fmt: skip
 PROBE_KEY = "ado:probe"  # read (never acquired) to check that the limiter's backend answers
 
 

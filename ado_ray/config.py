@@ -99,6 +99,13 @@ class GitSettings(_Model):
     author_name: str = "ado-ray"
     author_email: str = "ado-ray@localhost"
     message: str = "{run_name}: agent changes in {repo_name}"
+    max_file_mb: float | None = Field(default=10.0, gt=0)  # per added or changed file; None: any
+
+    def identity_env(self) -> dict[str, str]:
+        """The run's git identity as git's variables: agents that commit need one (their
+        commits are squashed into the runner's one anyway)."""
+        env = {f"GIT_{who}_NAME": self.author_name for who in ("AUTHOR", "COMMITTER")}
+        return env | {f"GIT_{who}_EMAIL": self.author_email for who in ("AUTHOR", "COMMITTER")}
 
 
 class RaySettings(_Model):

@@ -50,5 +50,9 @@ class GitAuthError(WorkspaceError):
     """The git server refused the credentials."""
 
 
+class OversizedFileError(WorkspaceError):
+    """The agent added or changed a file larger than `git.max_file_mb`."""
+
+
 class AgentError(AdoError):
     """The agent could not be started."""

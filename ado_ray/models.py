@@ -65,6 +65,7 @@ class FailureClass(enum.StrEnum):
     TIMEOUT = "timeout"
     RATE_LIMITED = "rate_limited"
     FORGE = "forge"
+    AGENT_OUTPUT = "agent_output"  # the agent ran (and was paid for); its output is unreadable
 
     @property
     def retryable(self) -> bool:

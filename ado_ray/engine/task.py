@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ado_ray.agents import Agent, AgentContext
 from ado_ray.agents.routing import Route
@@ -36,7 +36,7 @@ from ado_ray.engine.process import (
 )
 from ado_ray.engine.publish import Publisher, Target
 from ado_ray.engine.spec import Emit, RunContext, TaskSpec
-from ado_ray.errors import AgentError, GitAuthError, WorkspaceError
+from ado_ray.errors import AgentError, GitAuthError, OversizedFileError, WorkspaceError
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.limits.base import LimitSpec, LimitTimeout
 from ado_ray.limits.config import route
@@ -175,7 +175,7 @@ class _Run:
             await asyncio.to_thread(kill_stale_agent, self.task_dir)
             resumable = Step.PREPARED in checkpoints and self.repo_path.is_dir()
             if self.memory.session is None and resumable and self.attempt == self.spec.attempt + 1:
-                self.memory.session = self.session_from_log()
+                self.memory.session = await asyncio.to_thread(self.session_from_log)
             if self.memory.session is None or not resumable:
                 checkpoints[Step.PREPARED] = await self.prepare(checkpoints.get(Step.PREPARED))
                 await self.checkpoint(Step.PREPARED, checkpoints[Step.PREPARED], durable=False)
@@ -374,7 +374,10 @@ class _Run:
             await self.update(TaskState.RUNNING, attempt=self.attempt)
             agent = self.agents[chosen.key]
             actx, exit = await self.supervise(agent, chosen, session)
-            result = agent.parse(actx, exit)
+            try:  # a whole log may be large: read it off the loop that supervises the others
+                result = await asyncio.to_thread(agent.parse, actx, exit)
+            except Exception as exc:
+                await self.unreadable_output(agent, chosen, exit, exc)
             if hold.spec.tokens:
                 await hold.reconcile(
                     result.input_tokens + result.output_tokens + result.cache_tokens
@@ -450,6 +453,31 @@ class _Run:
             "usage": usage,
         }
 
+    async def unreadable_output(
+        self, agent: Agent, chosen: Route, exit: ProcessExit, exc: Exception
+    ) -> NoReturn:
+        """The agent ran (and may have been paid for) but its output cannot be read: record
+        the attempt's session first, then fail the task for good (another run would cost as
+        much and end the same way)."""
+        usage = {"provider": chosen.provider, "mode": chosen.mode, "cost_usd": 0.0}
+        event = SessionEvent(
+            self.task_id,
+            self.attempt,
+            agent.name,
+            None,
+            exit.returncode,
+            exit.duration_s,
+            exit.stdout_path,
+            usage,
+            "unreadable",
+        )
+        await self.emit([event], True)
+        raise TaskFailed(
+            FailureClass.AGENT_OUTPUT,
+            f"could not read the {agent.name} agent's output ({type(exc).__name__}: {exc}); "
+            f"its log is {exit.stdout_path} (not retried: the agent run itself is done)",
+        ) from exc
+
     def agent_context(self, chosen: Route, session: Session | None) -> AgentContext:
         ctx, task_dir = self.ctx, self.task_dir
         home = task_dir / "home"
@@ -504,8 +532,9 @@ class _Run:
         """Start the agent in the checkout with its own HOME and allow-listed environment."""
         ctx, task_dir = self.ctx, self.task_dir
         actx = self.agent_context(chosen, session)
-        invocation = agent.invocation(actx)
-        extra = {"HOME": str(actx.home), **ctx.agent.env, **chosen.env, **invocation.env}
+        invocation = await asyncio.to_thread(agent.invocation, actx)  # may copy credentials
+        extra = {"HOME": str(actx.home), **ctx.git.identity_env()}
+        extra |= {**ctx.agent.env, **chosen.env, **invocation.env}
         env = build_env(ctx.agent.env_allow, extra)
         logs = task_dir / "logs"
         logs.mkdir(exist_ok=True)
@@ -564,6 +593,11 @@ class _Run:
         message = ctx.git.message.format(
             run_name=ctx.run_name, run_id=ctx.run_id, repo_name=self.repo.name, branch=ctx.branch
         )
-        return ws.commit_changes(
-            self.repo_path, base_sha, ctx.branch, message, ctx.git.author_name, ctx.git.author_email
-        )
+        max_mb = ctx.git.max_file_mb
+        try:
+            return ws.commit_changes(
+                self.repo_path, base_sha, ctx.branch, message, ctx.git.author_name,
+                ctx.git.author_email, None if max_mb is None else int(max_mb * 2**20),
+            )  # fmt: skip
+        except OversizedFileError as exc:
+            raise TaskFailed(FailureClass.AGENT, str(exc)) from exc

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ado_ray.errors import GitAuthError, WorkspaceError
+from ado_ray.errors import GitAuthError, OversizedFileError, WorkspaceError
 
 LOCAL_TIMEOUT_S = 120.0
 NETWORK_TIMEOUT_S = 1800.0  # clone, fetch, ls-remote, push
@@ -316,6 +316,7 @@ def commit_changes(
     message: str,
     author_name: str,
     author_email: str,
+    max_file_bytes: int | None = None,
 ) -> str | None:
     """Commit everything the agent changed as exactly one commit on `base_sha`.
 
@@ -323,6 +324,8 @@ def commit_changes(
     agent forced in). Returns the new commit, now at local branch `branch`, or None when
     nothing differs from `base_sha` (and no branch is created). Hooks never run.
     `branch` must have passed `validate_branch_name` (the driver checks it once per run).
+    An added or changed file over `max_file_bytes` raises `OversizedFileError` (nothing is
+    committed).
     """
     _not_an_option(base_sha, "commit")
     # Detach HEAD at the base without touching any branch the agent made, then rebuild the
@@ -332,6 +335,8 @@ def commit_changes(
     git(["add", "--all"], repo)
     if _run(["diff", "--cached", "--quiet"], repo).returncode == 0:
         return None
+    if max_file_bytes is not None:
+        _check_sizes(repo, max_file_bytes)
     # Both -c and the environment: an inherited GIT_AUTHOR_* would otherwise win over -c.
     identity = {f"GIT_{who}_NAME": author_name for who in ("AUTHOR", "COMMITTER")}
     identity |= {f"GIT_{who}_EMAIL": author_email for who in ("AUTHOR", "COMMITTER")}
@@ -341,6 +346,21 @@ def commit_changes(
     git([*config, *commit], repo, env=identity)
     git(["checkout", "--quiet", "-B", branch], repo)
     return git(["rev-parse", "HEAD"], repo)
+
+
+def _check_sizes(repo: Path, max_bytes: int) -> None:
+    """Refuse staged files (added or changed) larger than `max_bytes`, naming them. Just
+    after `git add --all`, a staged file's size is its size in the working tree."""
+    staged = git(["diff", "--cached", "--name-only", "-z", "--diff-filter=AMT"], repo)
+    sizes = [((repo / path).lstat().st_size, path) for path in staged.split("\0") if path]
+    big = sorted((size, path) for size, path in sizes if size > max_bytes)
+    if big:
+        shown = ", ".join(f"{path} ({size / 2**20:.1f} MB)" for size, path in big[-5:])
+        raise OversizedFileError(
+            f"the agent wrote {len(big)} file(s) over the {max_bytes / 2**20:g} MB limit: "
+            f"{shown}; nothing was committed (raise git.max_file_mb, or keep such files out: "
+            "don't write them, or list them in .gitignore)"
+        )
 
 
 def existing_commit(repo: Path, base_sha: str, branch: str) -> str | None:
