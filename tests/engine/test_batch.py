@@ -199,7 +199,10 @@ def test_placeholders_variables_and_environment_allow_list(
     assert Path(env["HOME"]).is_relative_to(tmp_path / "work")
     assert "ADO_TEST_SECRET" not in env
     allowed = {"PATH", "LANG", "TZ", "TERM", "TMPDIR", "USER", "LOGNAME", "HOME", "PWD"}
-    assert {k for k in env if not k.startswith(("ADO_", "LC_"))} <= allowed
+    identity = {
+        f"GIT_{who}_{what}" for who in ("AUTHOR", "COMMITTER") for what in ("NAME", "EMAIL")
+    }
+    assert {k for k in env if not k.startswith(("ADO_", "LC_"))} <= allowed | identity
 
 
 CONCURRENCY = """
