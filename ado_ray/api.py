@@ -293,3 +293,24 @@ def list_runs(sources: ConfigSources, limit: int = 50) -> list[dict[str, Any]]:
 def summary(run_id: str, sources: ConfigSources) -> dict[str, Any]:
     with opened_store(load_config(sources)) as store:
         return reports.run_summary(store, store.get_run(run_id))
+
+
+def gc(
+    sources: ConfigSources, older_than: str, mirrors_unused: str, dry_run: bool
+) -> dict[str, Any]:
+    """`ado gc`: what was (or, with `dry_run`, would be) removed under the work root."""
+    from ado_ray import gc as disk
+
+    older_s = disk.parse_duration(older_than, "--older-than")
+    unused_s = disk.parse_duration(mirrors_unused, "--mirrors-unused")
+    config = load_config(sources)
+    with opened_store(config) as store:
+        found = disk.plan(store, config.work_root, older_s, unused_s)
+    removed = found.removals if dry_run else disk.apply(found)
+    return {
+        "dry_run": dry_run,
+        "removed": [item.to_json() for item in removed],
+        "bytes": sum(item.size_bytes for item in removed),
+        "kept_runs": found.kept_runs,
+        "unknown_runs": found.unknown_runs,
+    }

@@ -421,6 +421,63 @@ def limits_command(ctx: click.Context, as_json: bool, **params: Any) -> None:
         click.echo(f"{row['key']:<28} " + (", ".join(parts) or "no limit"))
 
 
+@main.command("gc")
+@option(
+    "--older-than",
+    env="ADO_GC_OLDER_THAN",
+    default="30d",
+    show_default=True,
+    help="Remove the directories of runs created longer ago than this (not running ones).",
+)
+@option(
+    "--mirrors-unused",
+    env="ADO_GC_MIRRORS_UNUSED",
+    default="14d",
+    show_default=True,
+    help="Remove clone-cache mirrors unused this long that no kept checkout borrows.",
+)
+@option("--dry-run", is_flag=True, env="ADO_GC_DRY_RUN", help="Say what would go; remove nothing.")
+@option("--json", "as_json", is_flag=True, env="ADO_JSON", help="One JSON object.")
+@option(
+    "--work-root",
+    env="ADO_WORK_ROOT",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Clone cache and workspaces [default: .ado/work].",
+)
+@store_options
+@click.pass_context
+@handle_errors
+def gc_command(
+    ctx: click.Context,
+    older_than: str,
+    mirrors_unused: str,
+    dry_run: bool,
+    as_json: bool,
+    **params: Any,
+) -> None:
+    """Free the disk of old runs (checkouts, logs) and of unused mirrors; the store keeps
+    every run's records and commits."""
+    from ado_ray import api
+
+    result = api.gc(_sources(ctx, params), older_than, mirrors_unused, dry_run)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in result["removed"]:
+        size = f"{item['bytes'] / 2**20:9.1f} MB"
+        click.echo(f"{verb} {item['kind']:<6} {size}  {item['path']}  ({item['why']})")
+    click.echo(
+        f"{verb} {len(result['removed'])} item(s), {result['bytes'] / 2**20:.1f} MB; kept "
+        f"{result['kept_runs']} run(s) younger than {older_than} or running"
+        + (
+            f", and {result['unknown_runs']} this store does not know"
+            if result["unknown_runs"]
+            else ""
+        )
+    )
+
+
 @main.group()
 def config() -> None:
     """Show or check configuration."""

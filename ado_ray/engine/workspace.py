@@ -240,7 +240,9 @@ def ensure_mirror(cache_root: Path, url: str, *, env: Mapping[str, str] | None =
     _not_an_option(url, "repository URL")
     cache_root.mkdir(parents=True, exist_ok=True)
     mirror = mirror_path(cache_root, url)
-    with _locked(mirror.with_suffix(".lock")):
+    lock = mirror.with_suffix(".lock")
+    with _locked(lock):
+        os.utime(lock)  # last used: `ado gc` removes mirrors unused for long
         if mirror.is_dir():
             fetch = ["fetch", "--prune", "--quiet", "origin", "+refs/*:refs/*"]
             git(fetch, mirror, env=env, timeout=NETWORK_TIMEOUT_S)
