@@ -110,6 +110,7 @@ class RepoInfo:
     language: str | None = None
     topics: tuple[str, ...] = ()
     merge_methods: tuple[MergeMethod, ...] = tuple(MergeMethod)  # what the repo allows
+    parent: str | None = None  # a fork's upstream path, where the forge says (not listings)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ class PullRequest:
     head_sha: str | None = None
     draft: bool = False
     title: str = ""
+    # The fork `head_branch` lives in, when it is not the PR's own repository, as this
+    # forge's API addresses a repository: `owner/name` (GitLab: the source project's id,
+    # which it takes in place of the path). None: the branch is in the PR's repository.
+    head_fork: str | None = None
 
 
 @dataclass(frozen=True)

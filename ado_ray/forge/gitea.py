@@ -1,7 +1,8 @@
 """Gitea and Forgejo over REST v1.
 
 Drafts are the `WIP: ` title prefix; labels are set by id (looked up by name in the
-repository's labels); git authenticates with the token user's login as the user name.
+repository's labels, created when missing); git authenticates with the token user's login
+as the user name.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from ado_ray.forge.base import (
     combine_reviews,
     merge_order,
 )
-from ado_ray.forge.http import RestForge, seg
+from ado_ray.forge.http import RestForge, forge_message, fork_of_head, seg
 
 log = logging.getLogger(__name__)
 
 DRAFT = "WIP: "
+LABEL_COLOR = "#ededed"  # a label created for --label (Gitea requires a colour)
 _STATUS = {"success": Checks.SUCCESS, "pending": Checks.PENDING}
 _FAILED = {"failure", "error", "warning"}
 
@@ -86,16 +88,28 @@ class Gitea(RestForge):
         return pr
 
     async def _label_ids(self, path: str, names: Sequence[str]) -> list[int]:
+        """The labels' ids; a label the repository lacks is created (as GitHub and GitLab
+        do on first use), or left out with a warning where the token may not create it."""
         known: dict[str, int] = {}
         async for label in self.api.paginate(f"/repos/{path}/labels"):
             known[label["name"]] = int(label["id"])
-        missing = [name for name in names if name not in known]
-        if missing:
+        refused = []
+        for name in dict.fromkeys(name for name in names if name not in known):
+            response = await self.api.request(
+                "POST",
+                f"/repos/{path}/labels",
+                json={"name": name, "color": LABEL_COLOR},
+                ok=(201, 403, 422),
+            )
+            if response.status == 201 and isinstance(response.data, dict):
+                known[name] = int(response.data["id"])
+            else:
+                refused.append(f"{name} ({response.status} {forge_message(response.data)})")
+        if refused:
             log.warning(
-                "%s has no label %s; create it in the repository (known: %s)",
+                "%s has no label %s and refused to create it; create it in the repository",
                 path,
-                ", ".join(missing),
-                ", ".join(sorted(known)) or "none",
+                ", ".join(refused),
             )
         return [known[name] for name in names if name in known]
 
@@ -171,7 +185,7 @@ class Gitea(RestForge):
         me = await self.whoami()
         fork_path = f"{me.login}/{path.rsplit('/', 1)[-1]}"
         try:
-            return await self.repo(fork_path)
+            return self.own_fork(await self.repo(fork_path), path)
         except ForgeNotFound:
             pass
         data = (await self.api.request("POST", f"/repos/{path}/forks", json={})).data
@@ -233,6 +247,7 @@ def repo_info(data: dict[str, Any]) -> RepoInfo:
         language=data.get("language") or None,
         topics=tuple(data.get("topics") or ()),
         merge_methods=tuple(allowed),
+        parent=(data.get("parent") or {}).get("full_name"),
     )
 
 
@@ -252,6 +267,7 @@ def pull_request(data: dict[str, Any]) -> PullRequest:
         head_sha=head.get("sha"),
         draft=bool(data.get("draft")) or title.startswith(DRAFT),
         title=title,
+        head_fork=fork_of_head(data),
     )
 
 

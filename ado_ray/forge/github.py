@@ -25,7 +25,7 @@ from ado_ray.forge.base import (
     combine_reviews,
     merge_order,
 )
-from ado_ray.forge.http import RestForge, seg
+from ado_ray.forge.http import RestForge, fork_of_head, seg
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class GitHub(RestForge):
         me = await self.whoami()
         name = path.rsplit("/", 1)[-1]
         try:
-            return await self.repo(f"{me.login}/{name}")
+            return self.own_fork(await self.repo(f"{me.login}/{name}"), path)
         except ForgeNotFound:
             pass
         data = (await self.api.request("POST", f"/repos/{path}/forks", json={})).data
@@ -239,6 +239,7 @@ def repo_info(data: dict[str, Any]) -> RepoInfo:
         language=data.get("language"),
         topics=tuple(data.get("topics") or ()),
         merge_methods=tuple(allowed),
+        parent=(data.get("parent") or {}).get("full_name"),
     )
 
 
@@ -256,4 +257,5 @@ def pull_request(data: dict[str, Any]) -> PullRequest:
         head_sha=data["head"].get("sha"),
         draft=bool(data.get("draft")),
         title=data.get("title") or "",
+        head_fork=fork_of_head(data),
     )

@@ -221,7 +221,7 @@ class GitLab(RestForge):
     async def ensure_fork(self, path: str) -> RepoInfo:
         me = await self.whoami()
         try:
-            return await self.repo(_fork_path(path, me.login))
+            return self.own_fork(await self.repo(_fork_path(path, me.login)), path)
         except ForgeNotFound:
             pass
         created = (await self.api.request("POST", f"/projects/{_pid(path)}/fork", json={})).data
@@ -295,12 +295,14 @@ def repo_info(data: dict[str, Any]) -> RepoInfo:
         visibility=data.get("visibility") or "private",
         topics=tuple(data.get("topics") or data.get("tag_list") or ()),
         merge_methods=merge_methods(data),
+        parent=(data.get("forked_from_project") or {}).get("path_with_namespace"),
     )
 
 
 def pull_request(data: dict[str, Any]) -> PullRequest:
     title = data.get("title") or ""
     draft = data.get("draft", data.get("work_in_progress"))
+    source, target = data.get("source_project_id"), data.get("target_project_id")
     return PullRequest(
         number=data["iid"],
         url=data["web_url"],
@@ -310,6 +312,7 @@ def pull_request(data: dict[str, Any]) -> PullRequest:
         head_sha=data.get("sha"),
         draft=bool(draft) if draft is not None else title.startswith(DRAFT),
         title=title,
+        head_fork=str(source) if source and target and source != target else None,
     )
 
 

@@ -40,6 +40,7 @@ from ado_ray.forge.base import (
     ForgeNotFound,
     ForgeRateLimited,
     Pacer,
+    RepoInfo,
 )
 from ado_ray.forge.config import ForgeSettings
 
@@ -357,6 +358,16 @@ class ApiClient:
             seen.add(marker)
 
 
+def fork_of_head(pull: dict[str, Any]) -> str | None:
+    """A GitHub-style PR (GitHub, Gitea): the head repository's `owner/name` when it is not
+    the base repository (the PR of a fork's branch), else None."""
+    head = ((pull.get("head") or {}).get("repo") or {}).get("full_name")
+    base = ((pull.get("base") or {}).get("repo") or {}).get("full_name")
+    if head and base and str(head).lower() != str(base).lower():
+        return str(head)
+    return None
+
+
 def _header_dict(message: Any) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name in message.keys():  # noqa: SIM118 (an email.message.Message)
@@ -460,3 +471,16 @@ class RestForge:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.host})"
+
+    def own_fork(self, found: RepoInfo, upstream: str) -> RepoInfo:
+        """`found`, the token user's repository where its fork of `upstream` would be, if it
+        is that fork; else a `ForgeError`, since pushing there would put the run's branch
+        into an unrelated repository."""
+        if found.fork and (found.parent or upstream).lower() == upstream.lower():
+            return found
+        what = f"a fork of {found.parent}" if found.fork else "not a fork"
+        raise ForgeError(
+            f"{self.api.where}: {found.path} exists and is {what}; expected the token user's "
+            f"fork of {upstream} there. Rename or remove {found.path}, or fork {upstream} "
+            "yourself under that name"
+        )

@@ -128,7 +128,8 @@ async def close_all(
     concurrency: int = CONCURRENCY,
 ) -> list[Row]:
     """Close every open PR (commenting first, if given), and delete its head branch if
-    asked; a PR already closed or merged is skipped (its branch is still deleted if asked)."""
+    asked (in the fork, for a fork's PR); a PR already closed or merged is skipped (its
+    branch is still deleted if asked)."""
 
     async def work(forge: Forge, target: PRTarget) -> Row:
         pr = await forge.pr(target.path, target.number)
@@ -138,7 +139,8 @@ async def close_all(
         else:
             row = _row(target, "skipped", f"already {pr.state.value}", url=pr.url)
         if delete_branch:
-            row["branch_deleted"] = await forge.delete_branch(target.path, pr.head_branch)
+            where = pr.head_fork or target.path
+            row["branch_deleted"] = await forge.delete_branch(where, pr.head_branch)
         return row
 
     return await _each(targets, forge_for, work, concurrency)

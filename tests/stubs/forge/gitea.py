@@ -7,11 +7,13 @@ deletion, forks, org/user listings and `/repos/search`, in Gitea's shapes (check
 `schemas/gitea.json`). Pagination is `page` / `limit` with `Link` and `x-total-count`.
 
 Like Gitea, the combined status of a commit with no statuses is an empty object (state ""),
-and editing a pull request answers 201.
+editing a pull request answers 201, and a pull request is a draft while its title starts
+with `WIP:` or `[WIP]`.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from email.message import Message
 from typing import Any, ClassVar
@@ -22,6 +24,14 @@ from tests.stubs.forge.gitea_shapes import GiteaShapes
 from tests.stubs.forge.schema import ResponseSchemas, own_schemas
 from tests.stubs.forge.store import PullRecord, RepoRecord, now
 from tests.stubs.forge.wire import ApiError, Reply, Request, as_list
+
+WIP_PREFIXES = ("WIP:", "[WIP]")  # Gitea's default [repository.pull-request] setting
+
+
+def work_in_progress(title: Any) -> bool:
+    """Gitea's drafts: a title with a work-in-progress prefix (case-insensitive)."""
+    return str(title or "").upper().startswith(WIP_PREFIXES)
+
 
 STYLES = {  # Do -> (the allow_* setting it needs, how the store merges)
     "merge": ("merge", "merge"), "rebase": ("rebase", "rebase"),
@@ -160,7 +170,8 @@ class GiteaStandIn(ForgeStandIn, GiteaShapes):
                 422, "Invalid PullRequest: There are no changes between the head and the base"
             )
         pr = self.store.create_pull(repo.path, head_repo.path, branch, base, req.arg("title"),
-                                    req.arg("body"), self.user)  # fmt: skip
+                                    req.arg("body"), self.user,
+                                    draft=work_in_progress(req.arg("title")))  # fmt: skip
         self._edit(pr, req)
         return Reply(201, self.pull_json(pr))
 
@@ -205,6 +216,7 @@ class GiteaStandIn(ForgeStandIn, GiteaShapes):
         for key in ("title", "body"):
             if req.arg(key) is not None:
                 setattr(pr, key, req.arg(key))
+        pr.draft = work_in_progress(pr.title)
         if req.arg("base"):
             pr.base_branch = req.arg("base")
         if req.arg("state") == "closed" and pr.state == "open":
@@ -226,6 +238,11 @@ class GiteaStandIn(ForgeStandIn, GiteaShapes):
         repo = self._repo(req)
         if not req.arg("name") or req.arg("name") in self.store.labels.get(repo.path, {}):
             raise self.error(422, "label name is empty or already exists")
+        if not re.fullmatch(r"#?[0-9a-fA-F]{6}", str(req.arg("color") or "")):
+            raise ApiError(
+                422, [{"fieldNames": ["Color"], "classification": "RequiredError",
+                       "message": "Required"}],
+            )  # fmt: skip
         return Reply(201, self.label_json(repo.path, str(req.arg("name"))))
 
     def add_labels(self, req: Request) -> Reply:

@@ -48,7 +48,7 @@ class GiteaShapes:
         return {
             "id": repo.id, "owner": self.user_json(repo.owner), "name": repo.name,
             "full_name": repo.path, "description": repo.description or "", "empty": False,
-            "private": repo.private, "fork": repo.fork, "template": False,
+            "private": repo.visibility == "private", "fork": repo.fork, "template": False,
             "parent": self.repo_json(parent, with_parent=False) if parent and with_parent else None,
             "mirror": False, "size": 1, "language": repo.language or "",
             "languages_url": f"{self.api_url}/repos/{repo.path}/languages",
@@ -71,7 +71,9 @@ class GiteaShapes:
             "allow_rebase_update": True, "default_delete_branch_after_merge": False,
             "default_merge_style": next(iter(methods), "merge"),
             "default_allow_maintainer_edit": False,
-            "avatar_url": "", "internal": repo.visibility == "internal", "mirror_interval": "",
+            "avatar_url": "", "mirror_interval": "",
+            # as Gitea's convert.ToRepo: internal is "not private, in a private-visibility org"
+            "internal": repo.visibility == "internal",
             "object_format_name": "sha1", "mirror_updated": "0001-01-01T00:00:00Z",
             "repo_transfer": None, "topics": list(repo.topics), "licenses": [],
         }  # fmt: skip

@@ -1,9 +1,10 @@
 """A GitLab stand-in: REST v4 under `/api/v4`.
 
 Projects are addressed by numeric id or URL-encoded full path (`group%2Fsub%2Fname`);
-namespaces nest. Merge requests, approvals, MR pipelines, notes, merging (honouring the
-project's `merge_method` and `squash_option`), branch deletion, forks and group/user
-project listings answer in GitLab's shapes, checked against `schemas/gitlab.json`.
+namespaces nest. Projects, their languages (`add_repo(language=...)`, as 100%), merge
+requests, approvals, MR pipelines, notes, merging (honouring the project's `merge_method`
+and `squash_option`), branch deletion, forks and group/user project listings answer in
+GitLab's shapes, checked against `schemas/gitlab.json`.
 Pagination is `page` / `per_page` with `x-page`, `x-per-page`, `x-total`, `x-total-pages`,
 `x-next-page`, `x-prev-page` and `Link`.
 
@@ -39,6 +40,7 @@ class GitLabStandIn(ForgeStandIn, GitLabShapes):
         ("GET", "/user", "get_user"),
         ("GET", "/users", "find_users"),
         ("GET", P, "get_project"),
+        ("GET", P + "/languages", "languages"),
         ("GET", P + "/merge_requests", "list_mrs"),
         ("POST", P + "/merge_requests", "create_mr"),
         ("GET", MR, "get_mr"),
@@ -137,6 +139,11 @@ class GitLabStandIn(ForgeStandIn, GitLabShapes):
 
     def get_project(self, req: Request) -> Reply:
         return Reply(200, self.project_json(self.project(req.params["id"])))
+
+    def languages(self, req: Request) -> Reply:
+        """Percentages by language, as GitLab's repository analysis reports them."""
+        repo = self.project(req.params["id"])
+        return Reply(200, {repo.language: 100.0} if repo.language else {})
 
     def list_mrs(self, req: Request) -> Reply:
         repo = self.project(req.params["id"])
