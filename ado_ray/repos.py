@@ -5,9 +5,14 @@ values that contain spaces; `#` starts a comment anywhere outside quotes, so quo
 that contains `#`. Blank and comment-only lines are skipped. TARGET is one of:
 
 - a local path (absolute, `~/...`, or relative to the list's directory) to a git work tree
-  or bare repository, or the same as `file:///absolute/path`; it must exist;
+  or bare repository, or the same as `file:///absolute/path`; it must exist and look like
+  a repository to git (HEAD, objects/ and refs/, directly or behind a `.git` file);
 - `https://host[:port]/path`, `http://...`, `ssh://[user@]host[:port]/path`, `git://host/path`;
 - scp-like `[user@]host:path`, e.g. `git@github.com:owner/name.git`.
+
+Nothing that git would run a program for, or pass to ssh as an option, gets through: git's
+`transport::address` form (`ext::`, `fd::`, ...) and a user, host or path starting with `-`
+are refused, and a repository name (`{repo_name}`) never starts with `-`.
 
 `@REF` (a branch, tag or commit SHA, checked like `git check-ref-format`) is whatever
 follows the last `@` of the path part: after the host of a URL, after the `:` of an
@@ -20,9 +25,13 @@ variables may disagree and picking one silently would run something the user did
 for. Spellings of one repository are the same repository: scheme, user, default port, host
 case, leading or trailing `/` and a `.git` suffix do not count (`https://github.com/o/n`,
 `git@github.com:o/n.git` and `ssh://git@github.com/o/n` are one), nor does a local path vs
-its `file://` URL. Passwords in URLs are refused; credentials come from git or the forge
-token. Every bad line is reported at once as `repos.txt:LINE: found; expected ...`.
-Nothing here touches the network.
+its `file://` URL. Credentials in URLs are refused, and masked as `***` in the message: a
+password anywhere, and any user part of an `http(s)://` or `git://` URL (where the user
+slot is where tokens go: `https://TOKEN@host`, so a user name alone is refused too) or
+a query string (`?...`); an ssh user name (`git@host:...`, `ssh://git@host/...`) is fine.
+Credentials come from git's credential helper or the forge's token variable. Every bad line
+is reported at once as `repos.txt:LINE: found; expected ...`. Nothing here touches the
+network.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from pathlib import Path
 
 from ado_ray.errors import RepoListError
 from ado_ray.models import RepoSpec
+from ado_ray.redact import mask_remote
 
 __all__ = ["format_repo_line", "parse_repo_list", "parse_repo_text"]
 
@@ -46,6 +56,7 @@ _FORMS = (
 )
 _DEFAULT_PORTS = {"https": "443", "http": "80", "ssh": "22", "git": "9418"}
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
+_HELPER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*::")  # git's transport::address
 _HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 _USER = re.compile(r"[A-Za-z0-9._~+%!$&'()*,;=-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -54,6 +65,11 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _BAD_REF_CHARS = frozenset("~^:?*[\\")
 _VAR_RULE = "a name matching [A-Za-z_][A-Za-z0-9_]* other than " + ", ".join(sorted(RESERVED_VARS))
 _REF_RULES = "a branch, tag or commit after '@' that git check-ref-format accepts"
+_NO_CREDENTIALS = (
+    "no credentials in the URL; put the token in the forge's token_env or a git "
+    "credential helper, not in the URL"
+)
+_HEAD = re.compile(r"ref: refs/\S+\s*|[0-9a-f]{40}([0-9a-f]{24})?\s*")
 
 
 class _BadLine(Exception):
@@ -115,7 +131,9 @@ def format_repo_line(spec: RepoSpec) -> str:
 
 
 def _show(text: str, limit: int = 200) -> str:
-    """Quote user text for a message, shortened so one bad line stays one line."""
+    """Quote user text for a message, credentials masked, shortened so one bad line stays
+    one line."""
+    text = mask_remote(text)
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
@@ -156,6 +174,11 @@ def _parse_target(target: str, base_dir: Path) -> tuple[str, str, str, str | Non
     """Return (url, key, name, ref) for the first word of a line."""
     if any(ord(char) < 32 or ord(char) == 127 for char in target):
         raise _BadLine(f"{_show(target)} contains a control character", _FORMS)
+    if _HELPER.match(target):
+        raise _BadLine(
+            f"{_show(target)} is git's transport::address form, which runs a helper program",
+            _FORMS,
+        )
     host_part, colon, after_colon = target.partition(":")
     match = _SCHEME.fullmatch(target)
     scheme = match[1].lower() if match else ""
@@ -201,9 +224,16 @@ def _remote_key_and_name(target: str, scheme: str, authority: str, path: str) ->
     expected = f"{scheme}://host/owner/name" if scheme else "host:owner/name"
     user, at, host = authority.rpartition("@")
     if at and ":" in user:
+        raise _BadLine(f"{_show(target)} contains a password", _NO_CREDENTIALS)
+    if at and scheme not in ("", "ssh"):
+        raise _BadLine(f"{_show(target)} has a user or token before '@'", _NO_CREDENTIALS)
+    if scheme in ("http", "https") and ("?" in path or "#" in path):
+        shown = _show(re.sub(r"[?#].*", "?***", target, flags=re.DOTALL))
+        raise _BadLine(f"{shown} has a query string or fragment", _NO_CREDENTIALS)
+    if user.startswith("-") or host.startswith("-") or path.lstrip("/").startswith("-"):
         raise _BadLine(
-            f"{_show(target)} contains a password",
-            "no credentials in the list (git's credential helper or the forge token supplies them)",
+            f"{_show(target)} has a user, host or path starting with '-'",
+            f"{expected} (a leading '-' reads as an option to git or ssh)",
         )
     if at and not _USER.fullmatch(user):
         raise _BadLine(f"{_show(target)} has an invalid user name {_show(user)}", expected)
@@ -262,10 +292,10 @@ def _git_dir(target: str, written: str, base_dir: Path) -> Path:
             raise _BadLine(f"{_show(target)} ({path}) does not exist", _FORMS)
         if not path.is_dir():
             raise _BadLine(f"{_show(target)} ({path}) is not a directory", _FORMS)
-        bare = (path / "HEAD").is_file() and (path / "objects").is_dir()
-        if not (path / ".git").exists() and not bare:
+        if not _is_git_dir(path) and not _is_git_dir(_dot_git(path)):
             raise _BadLine(
-                f"{_show(target)} ({path}) is not a git repository (no .git, HEAD or objects/)",
+                f"{_show(target)} ({path}) is not a git repository "
+                "(no HEAD, objects/ and refs/ in it or in its .git)",
                 "a directory made by git init or git clone",
             )
     except (OSError, ValueError, RuntimeError) as exc:
@@ -273,6 +303,33 @@ def _git_dir(target: str, written: str, base_dir: Path) -> Path:
     return path
 
 
+def _dot_git(work_tree: Path) -> Path:
+    """The git directory of a work tree: `.git`, or where a `.git` file (`gitdir: PATH`, as
+    in submodules and linked worktrees) points."""
+    dot_git = work_tree / ".git"
+    if dot_git.is_file():
+        text = dot_git.read_text(encoding="utf-8", errors="replace")
+        if text.startswith("gitdir:"):
+            return work_tree / text.removeprefix("gitdir:").strip()
+    return dot_git
+
+
+def _is_git_dir(path: Path) -> bool:
+    """What git checks (setup.c `is_git_directory`): a valid HEAD, and objects/ and refs/
+    here or in the directory `commondir` names (a linked worktree's)."""
+    head = path / "HEAD"
+    if not head.is_file() or head.stat().st_size > 4096:
+        return False
+    if not _HEAD.fullmatch(head.read_text(encoding="utf-8", errors="replace")):
+        return False
+    common = path
+    if (path / "commondir").is_file():
+        common = path / (path / "commondir").read_text(encoding="utf-8").strip()
+    return (common / "objects").is_dir() and (common / "refs").is_dir()
+
+
 def _safe_name(last: str) -> str:
-    name = _UNSAFE_NAME.sub("-", last)
+    """`[A-Za-z0-9._-]` only and no leading `-`, so `{repo_name}` is one word and never an
+    option to the agent's program."""
+    name = _UNSAFE_NAME.sub("-", last).lstrip("-")
     return name if name not in ("", ".", "..") else "repo"

@@ -20,6 +20,15 @@ VAR_RULE = (
     "prompt_file, repo_name, repo_path, run_id"
 )
 REF_RULES = "expected a branch, tag or commit after '@' that git check-ref-format accepts"
+NO_CREDENTIALS = (
+    "expected no credentials in the URL; put the token in the forge's token_env or a git "
+    "credential helper, not in the URL"
+)
+DASH = "expected ssh://host/owner/name (a leading '-' reads as an option to git or ssh)"
+NOT_A_REPO = (
+    "is not a git repository (no HEAD, objects/ and refs/ in it or in its .git); "
+    "expected a directory made by git init or git clone"
+)
 
 
 def git_init(path: Path, *, bare: bool = False) -> Path:
@@ -103,8 +112,8 @@ REMOTES = [
     ("https://github.com/owner/name", "https://github.com/owner/name", "github.com/owner/name"),
     ("https://GitHub.COM/Owner/name.git/", "https://GitHub.COM/Owner/name.git/",
      "github.com/Owner/name"),
-    ("HTTPS://u@h/o/n", "HTTPS://u@h/o/n", "h/o/n"),
-    ("https://u@h/o/n@v1.2", "https://u@h/o/n", "h/o/n", "n", "v1.2"),
+    ("HTTPS://h/o/n", "HTTPS://h/o/n", "h/o/n"),
+    ("https://h/o/n@v1.2", "https://h/o/n", "h/o/n", "n", "v1.2"),
     ("https://h:443/o/n", "https://h:443/o/n", "h/o/n"),
     ("http://h:8080/group/sub/n.git", "http://h:8080/group/sub/n.git", "h:8080/group/sub/n"),
     ("http://h:80/o/n", "http://h:80/o/n", "h/o/n"),
@@ -119,6 +128,8 @@ REMOTES = [
     ("h:/srv/git/tool.git", "h:/srv/git/tool.git", "h/srv/git/tool", "tool"),
     ("git@h:o/we+ird%20name", "git@h:o/we+ird%20name", "h/o/we+ird%20name", "we-ird-20name"),
     ("git@h:o/..", "git@h:o/..", "h/o/..", "repo"),
+    ("ssh://me@h/o/--force", "ssh://me@h/o/--force", "h/o/--force", "force"),
+    ("h:o/-", "h:o/-", "h/o/-", "repo"),
 ]  # fmt: skip
 
 
@@ -178,7 +189,6 @@ ERRORS = [
     ("git@h$t:o/n", "'git@h$t:o/n' has no valid host; expected host:owner/name"),
     ("'a b@h:o/n'", "'a b@h:o/n' has an invalid user name 'a b'; expected host:owner/name"),
     ("'https://h/o n'", "'https://h/o n' has whitespace in its path; expected https://host/owner/name"),
-    ("https://u:pw@h/o/n", "'https://u:pw@h/o/n' contains a password; expected no credentials"),
     ("https:/h/o/n", f"'https:/h/o/n' looks like a URL without '//'; {FORMS}"),
     ("file://host/srv/r", "'file://host/srv/r' names a host; expected file:///absolute/path"),
     ("'https://h/o/n\tx'", "'https://h/o/n\\tx' contains a control character; expected a local"),
@@ -194,6 +204,47 @@ def test_target_errors(line: str, message: str, tmp_path: Path) -> None:
     got = error(f"https://h/fine/repo\n{line}\n", tmp_path)
     assert got.startswith(f"repos.txt:2: {message}")
     assert "\n" not in got
+
+
+PASSWORD, USER, QUERY = "contains a password", "has a user or token before '@'", "has a query"
+DASHED, HELPER = "has a user, host or path starting with '-'", "is git's transport::address form"
+UNSAFE = [
+    # line, as the message shows it, what it says was found, what it says was expected
+    ("https://u:pw@h/o/n", "https://***@h/o/n", PASSWORD, NO_CREDENTIALS),
+    ("https://TOKEN:x-oauth-basic@h/o/n", "https://***@h/o/n", PASSWORD, NO_CREDENTIALS),
+    ("ssh://git:pw@h/o/n", "ssh://git:***@h/o/n", PASSWORD, NO_CREDENTIALS),
+    ("https://TOKEN@h/o/n", "https://***@h/o/n", USER, NO_CREDENTIALS),
+    ("HTTP://u@h/o/n@v1", "HTTP://***@h/o/n@v1", USER, NO_CREDENTIALS),
+    ("git://u@h/o/n", "git://***@h/o/n", USER, NO_CREDENTIALS),
+    ("https://h/o/n?access_token=T", "https://h/o/n?***", f"{QUERY} string or fragment",
+     NO_CREDENTIALS),
+    ("https://TOKEN@h/o/n@a..b", "https://***@h/o/n@a..b", "has '..' or '//' in the ref 'a..b'",
+     REF_RULES),
+    ("ext::sh", "ext::sh", f"{HELPER}, which runs a helper program", FORMS),
+    ("fd::3/x", "fd::3/x", f"{HELPER}, which runs a helper program", FORMS),
+    ("ssh://-oProxyCommand/x", "ssh://-oProxyCommand/x", DASHED, DASH),
+    ("ssh://-oProxyCommand=x@h/o/n", "ssh://-oProxyCommand=x@h/o/n", DASHED, DASH),
+    ("-oProxyCommand=x:o/n", "-oProxyCommand=x:o/n", DASHED, DASH.replace("ssh://host/", "host:")),
+    ("git@-h:o/n", "git@-h:o/n", DASHED, DASH.replace("ssh://host/", "host:")),
+    ("git@h:-o/n", "git@h:-o/n", DASHED, DASH.replace("ssh://host/", "host:")),
+    ("https://-h/o/n", "https://-h/o/n", DASHED, DASH.replace("ssh:", "https:")),
+    ("https://h//-o/n", "https://h//-o/n", DASHED, DASH.replace("ssh:", "https:")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "shown", "found", "expected"), UNSAFE, ids=[c[0] for c in UNSAFE])
+def test_credentials_and_option_lookalikes_are_refused_and_masked(
+    line: str, shown: str, found: str, expected: str, tmp_path: Path
+) -> None:
+    got = error(f"https://h/fine/repo\n{line}\n", tmp_path)
+    assert got.startswith(f"repos.txt:2: {shown!r} {found}; {expected}")  # FORMS is a prefix
+    assert "TOKEN" not in got and "pw" not in got
+
+
+def test_messages_mask_credentials_on_lines_that_do_not_split(tmp_path: Path) -> None:
+    got = error("'https://TOKEN@h/o/n x", tmp_path)
+    assert got.startswith('repos.txt:1: "\'https://***@h/o/n x" cannot be split into words')
+    assert "TOKEN" not in got
 
 
 @pytest.mark.parametrize(
@@ -231,15 +282,46 @@ def test_local_path_errors(tmp_path: Path) -> None:
         "ssh://[user@]host[:port]/path, git://host/path, user@host:owner/name or "
         "file:///absolute/path"
     )
-    assert got[1] == (
-        f"repos.txt:2: 'plain@main' ({tmp_path / 'plain'}) is not a git repository "
-        "(no .git, HEAD or objects/); expected a directory made by git init or git clone"
-    )
+    assert got[1] == f"repos.txt:2: 'plain@main' ({tmp_path / 'plain'}) {NOT_A_REPO}"
     assert got[2].startswith(f"repos.txt:3: 'afile' ({tmp_path / 'afile'}) is not a directory;")
     assert got[3].startswith("repos.txt:4: 'file:///nonexistent/r' (/nonexistent/r) does not")
     assert got[4].startswith("repos.txt:5: 'bad\\x00' contains a control character; expected")
     assert got[5].startswith("repos.txt:6: 'x\\ud800' cannot be checked ('utf-8' codec can't")
     assert len(got) == 6
+
+
+def test_only_what_git_calls_a_repository_is_one(tmp_path: Path) -> None:
+    """An empty `.git`, a `.git` file pointing nowhere, a HEAD without objects/: not repos."""
+    (tmp_path / "empty-dot-git" / ".git").mkdir(parents=True)
+    (tmp_path / "dangling").mkdir()
+    (tmp_path / "dangling" / ".git").write_text("gitdir: /nowhere/at/all\n")
+    (tmp_path / "head-only" / "objects").mkdir(parents=True)
+    (tmp_path / "head-only" / "HEAD").write_text("ref: refs/heads/main\n")
+    garbage = git_init(tmp_path / "garbage-head", bare=True)
+    (garbage / "HEAD").write_text("not a ref\n")
+    names = ["empty-dot-git", "dangling", "head-only", "garbage-head"]
+    got = error("\n".join(names), tmp_path).splitlines()
+    assert got == [
+        f"repos.txt:{n}: {name!r} ({tmp_path / name}) {NOT_A_REPO}"
+        for n, name in enumerate(names, start=1)
+    ]
+
+
+def test_worktrees_submodule_style_and_bare_repositories_are_repositories(tmp_path: Path) -> None:
+    main = git_init(tmp_path / "main")
+    subprocess.run(
+        ["git", "-C", str(main), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+         "--allow-empty", "-m", "init"],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(["git", "-C", str(main), "worktree", "add", "-q", "../linked"], check=True)
+    git_init(tmp_path / "modules" / "sub", bare=True)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".git").write_text("gitdir: ../modules/sub\n")
+    bare = git_init(tmp_path / "bare.git", bare=True)
+    specs = parse("main\nlinked\nsub\nbare.git\n", tmp_path)
+    linked, sub = (tmp_path / "linked").resolve(), (tmp_path / "sub").resolve()
+    assert [spec.url for spec in specs] == [str(main), str(linked), str(sub), str(bare)]
 
 
 @pytest.mark.parametrize(
@@ -265,7 +347,7 @@ SAME_REPOSITORY = [
     ("https://github.com/o/n", "git@github.com:o/n.git"),
     ("https://github.com/o/n", "https://github.com/o/n.git"),
     ("https://github.com/o/n", "https://GITHUB.com/o/n/"),
-    ("https://user@github.com/o/n", "http://github.com/o/n"),
+    ("ssh://me@github.com/o/n", "http://github.com/o/n"),
     ("ssh://git@github.com/o/n.git", "git@github.com:o/n"),
     ("ssh://git@h:22/o/n", "h:o/n"),
     ("git://h/o/n", "https://h:443/o/n"),
@@ -350,6 +432,7 @@ hosts = st.from_regex(
 )
 segments = st.text(SAFE + ".", min_size=1, max_size=10).filter(lambda s: s not in (".", ".."))
 names = segments.filter(lambda s: not s.endswith(".git"))
+owners = segments.filter(lambda s: not s.startswith("-"))
 ref_parts = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,8}(\.[A-Za-z0-9_-]{1,5})?", fullmatch=True)
 refs = st.one_of(
     st.lists(ref_parts.filter(lambda s: not s.endswith(".lock")), min_size=1, max_size=3).map(
@@ -366,18 +449,18 @@ var_values = st.text(st.characters(exclude_characters="\n\r", exclude_categories
 @st.composite
 def remote_specs(draw: st.DrawFn) -> RepoSpec:
     form = draw(st.sampled_from(["https", "http", "ssh", "git", "scp"]))
-    host, owner, name = draw(hosts), draw(segments), draw(names)
-    user = draw(st.sampled_from(["", "git@", "me.x@"]))
+    host, owner, name = draw(hosts), draw(owners), draw(names)
+    user = draw(st.sampled_from(["", "git@", "me.x@"])) if form in ("ssh", "scp") else ""
     ext = draw(st.sampled_from(["", ".git"]))
     port = "" if form == "scp" else draw(st.sampled_from(["", ":2222"]))
     if form == "scp":
         url = f"{user}{host}:{owner}/{name}{ext}"
     else:
-        url = f"{form}://{'' if form == 'git' else user}{host}{port}/{owner}/{name}{ext}"
+        url = f"{form}://{user}{host}{port}/{owner}/{name}{ext}"
     return RepoSpec(
         url=url,
         key=f"{host.lower()}{port}/{owner}/{name}",
-        name=name,
+        name=name.lstrip("-") or "repo",
         ref=draw(st.none() | refs),
         vars=draw(st.dictionaries(var_names, var_values, max_size=4)),
         line=1,

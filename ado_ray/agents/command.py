@@ -2,7 +2,12 @@
 
 `--cmd "python fix.py {repo_name} --ticket {ticket}"` is split like a shell would split it
 (`shlex`), then each word is formatted with the placeholders below; it is never run
-through a shell, so a repository's variables cannot inject commands.
+through a shell, so a placeholder in an argv word is one argument whatever its value.
+
+A word that a program parses again as shell code, `sh -c '... {ticket} ...'`, is another
+matter: there `{ticket!q}` is the safe form, the value quoted with `shlex.quote`, so
+`a;touch pwned` arrives as the one word `'a;touch pwned'`. (`{name!s}` is `{name}`;
+other conversions are refused.)
 
 Placeholders: `{repo_path}` (the task's checkout, also the working directory),
 `{repo_name}`, `{prompt_file}`, `{run_id}`, and every `key=value` variable of the
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import shlex
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
@@ -24,15 +29,31 @@ from ado_ray.errors import UsageError
 from ado_ray.models import FailureClass, ProcessExit, RepoSpec
 
 BUILTIN_PLACEHOLDERS = frozenset({"repo_path", "repo_name", "prompt_file", "run_id"})
+CONVERSIONS = {None: lambda value: value, "s": lambda value: value, "q": shlex.quote}
+_FORMATTER = string.Formatter()
+
+
+def _placeholders(word: str) -> Iterator[tuple[str, str | None, str]]:
+    """Every `(name, conversion, spec)` in `word`, those nested in a format spec included."""
+    for _, field, spec, conversion in _FORMATTER.parse(word):
+        if field is not None:
+            yield field, conversion, spec or ""
+            yield from _placeholders(spec or "")
 
 
 def _fields(words: Iterable[str]) -> set[str]:
-    names: set[str] = set()
-    for word in words:
-        for _, field, _, _ in string.Formatter().parse(word):
-            if field is not None:
-                names.add(field)
-    return names
+    return {field for word in words for field, _, _ in _placeholders(word)}
+
+
+def expand(word: str, values: Mapping[str, str]) -> str:
+    """`word` with each `{name[!q][:spec]}` replaced by its value (`!q`: shell-quoted)."""
+    out: list[str] = []
+    for literal, field, spec, conversion in _FORMATTER.parse(word):
+        out.append(literal)
+        if field is not None:
+            value = format(values[field], expand(spec or "", values))
+            out.append(CONVERSIONS[conversion](value))
+    return "".join(out)
 
 
 def split_template(cmd: str) -> list[str]:
@@ -45,11 +66,24 @@ def split_template(cmd: str) -> list[str]:
     if not words:
         raise UsageError("--cmd is empty; expected a program and its arguments")
     try:
-        _fields(words)
+        placeholders = [pair for word in words for pair in _placeholders(word)]
     except ValueError as exc:
         raise UsageError(
             f"--cmd {cmd!r}: {exc}; write literal braces as '{{{{' and '}}}}'"
         ) from exc
+    for field, conversion, spec in placeholders:
+        if conversion not in CONVERSIONS:
+            raise UsageError(
+                f"--cmd: '{{{field}!{conversion}}}' has an unknown conversion !{conversion}; "
+                f"expected {{{field}}} or {{{field}!q}} (quoted for a shell, as in sh -c '...')"
+            )
+        try:
+            if "{" not in spec:
+                format("", spec)
+        except ValueError as exc:
+            raise UsageError(
+                f"--cmd: '{{{field}:{spec}}}': {exc}; expected a format spec for text, e.g. :.8"
+            ) from exc
     return words
 
 
@@ -91,7 +125,7 @@ class CommandAgent:
             "prompt_file": str(ctx.prompt_file or ""),
             "run_id": ctx.run_id,
         }
-        argv = [word.format_map(values) for word in self.words]
+        argv = [expand(word, values) for word in self.words]
         env = {
             "ADO_RUN_ID": ctx.run_id,
             "ADO_REPO_NAME": ctx.repo.name,
