@@ -199,6 +199,8 @@ class Publisher:
                     return await self.forge.update_pr(path, found.number, title, body)
                 return found
             base = target.base_branch or (await self.forge.repo(path)).default_branch
+            # Fork mode: the fork itself (GitLab opens the MR from the fork's project id).
+            fork = await self.forge.ensure_fork(path) if target.head_owner else None
             new = NewPR(
                 head_branch=branch,
                 base_branch=base,
@@ -210,5 +212,6 @@ class Publisher:
                 team_reviewers=publish.team_reviewers,
                 assignees=publish.assignees,
                 head_owner=target.head_owner,
+                head_repo=fork,
             )
             return await self.forge.create_pr(path, new)

@@ -290,13 +290,16 @@ class _Run:
         message = ctx.git.message.format(
             run_name=ctx.run_name, run_id=ctx.run_id, repo_name=self.repo.name, branch=ctx.branch
         )
+        # Without a prompt, the commit's subject stands in (without the run name that the
+        # default title puts in front already).
+        subject = (message.splitlines() or [""])[0].removeprefix(f"{ctx.run_name}: ")
         lines = [line.strip().lstrip("#").strip() for line in (ctx.prompt or "").splitlines()]
         return {
             "run_name": ctx.run_name,
             "run_id": ctx.run_id,
             "repo_name": self.repo.name,
             "branch": ctx.branch,
-            "prompt_line": next((line for line in lines if line), message)[:120],
+            "prompt_line": next((line for line in lines if line), subject)[:120],
             "diffstat": stat.get("text", ""),
             "summary": f"\n{summary}\n" if summary else "",
         }

@@ -71,6 +71,7 @@ def assert_one_pr_each(gh: GitHubStandIn, summary: dict[str, Any], **expect: Any
         assert len(pulls) == 1, (path, [p["html_url"] for p in pulls])
         assert pulls[0]["head"]["sha"] == task["commit"] == gh.branch_sha(path, "ado/bump")
         assert task["pr_url"] == pulls[0]["html_url"]
+        assert pulls[0]["title"] == f"bump: agent changes in {task['name']}"  # no prompt given
         for field, value in expect.items():
             assert pulls[0][field] == value, (path, field)
 
