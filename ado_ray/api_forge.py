@@ -7,12 +7,9 @@ process the user started, from each forge's `token_env`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
-
-from pydantic import SecretStr
 
 from ado_ray.api import ConfigSources, load_config, opened_store
 from ado_ray.config import Config
@@ -42,9 +39,8 @@ async def forge_clients(config: Config) -> AsyncIterator[Callable[[str], Forge]]
             if host not in config.forges:
                 raise UsageError(f"{host} has no entry in `forges:`; expected one for its type")
             settings = config.forges[host]
-            token = os.environ.get(settings.token_env)
             pacer = LimiterPacer(limiter, dict(config.limits), host, config.limit_wait_timeout_s)
-            made[host] = make_forge(host, settings, SecretStr(token) if token else None, pacer)
+            made[host] = make_forge(host, settings, settings.token(), pacer)
         return made[host]
 
     try:

@@ -15,16 +15,18 @@ publish:
 ```
 
 Tokens are named, never written here: `token_env` is the environment variable the driver
-reads the token from.
+reads the token from (`ForgeSettings.token`, the one place that reads it).
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 FORGE_TYPES = ("github", "gitlab", "gitea")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -71,6 +73,11 @@ class ForgeSettings(BaseModel):
                 "without credentials, e.g. https://git.example.com/api/v1"
             )
         return value
+
+    def token(self, env: Mapping[str, str] | None = None) -> SecretStr | None:
+        """The token from `$token_env` (None when unset or empty), kept out of reprs."""
+        value = (os.environ if env is None else env).get(self.token_env)
+        return SecretStr(value) if value else None
 
     def api_base(self, host: str) -> str:
         """The REST base URL: the explicit `api_url`, else the type's default for `host`."""
