@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 Params = Mapping[str, str | int | bool | None]
 OK = (200, 201, 202, 204)
 # One pool per process for every forge call: a call is sent as soon as it is admitted.
-_SENDERS = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="ado-forge-http")
+_SENDERS = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="ado-forge-http")
 DEFAULT_LIMIT_WAIT_S = 60.0
 PAGE_SIZE = {"github": ("per_page", 100), "gitlab": ("per_page", 100), "gitea": ("limit", 50)}
 _AUTH_HEADERS = ("Authorization", "Private-token")  # as urllib.request.Request stores them

@@ -60,7 +60,11 @@ class LimiterPacer:
     async def _call(self, pr: bool) -> AsyncIterator[object]:
         holds = list(self._holds)
         if pr and self._pr_hold is not None:
-            holds.insert(0, self._pr_hold)  # the scarcer budget first
+            # Last, so that the PR's admission is the moment it is sent: taken first, it
+            # would age while the call waits out a cooldown of the host's, and calls
+            # admitted during the wait would reach the forge together when it ends. (A
+            # configured concurrency of the host's is held meanwhile.)
+            holds.append(self._pr_hold)
         async with contextlib.AsyncExitStack() as stack:
             for key, spec in holds:
                 await stack.enter_async_context(

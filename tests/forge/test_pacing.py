@@ -92,14 +92,25 @@ def test_host_limits_count_every_call() -> None:
     run(main())
 
 
-def test_the_pr_key_is_taken_before_the_host_key() -> None:
+def test_pr_calls_that_wait_out_a_host_cooldown_go_out_spaced_as_the_pr_budget_says() -> None:
+    """The `:pr` admission is the moment of sending: it is taken after the host's cooldown,
+    not before (then calls admitted during the wait would all go out when it ends)."""
+
     async def main() -> None:
-        client = RecordingClient(RateLimiterService())
-        limits = {f"forge:{HOST}:pr": LimitSpec(concurrency=1)}
-        pacer = LimiterPacer(client, limits, HOST)
-        await enter(pacer, pr=True)
-        await enter(pacer)
-        assert client.held == [f"forge:{HOST}:pr", f"forge:{HOST}", f"forge:{HOST}"]
+        client = LimiterClient(RateLimiterService())
+        pacer = LimiterPacer(client, {f"forge:{HOST}:pr": LimitSpec(requests=["2/1s"])}, HOST)
+        reset = time.time() + 0.5
+        await pacer.cooldown(reset)
+        sent: list[float] = []
+
+        async def create() -> None:
+            async with pacer.call(pr=True):
+                sent.append(time.time())
+
+        await asyncio.gather(*(create() for _ in range(4)))
+        sent.sort()
+        assert sent[0] >= reset
+        assert all(later - earlier >= 0.95 for earlier, later in zip(sent, sent[2:], strict=False))
 
     run(main())
 
