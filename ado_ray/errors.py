@@ -42,6 +42,15 @@ class StoreError(AdoError):
     """The state store failed."""
 
 
+class LeaseLostError(StoreError):
+    """This driver no longer holds the run's lease, so the store refuses its writes; the run
+    is resumable (`ado resume RUN_ID`) by whoever drives it next."""
+
+
+class CorruptStoreError(StoreError, UsageError):
+    """The state store holds something ado-ray cannot read; nothing was started or written."""
+
+
 class WorkspaceError(AdoError):
     """A git operation in the workspace failed."""
 

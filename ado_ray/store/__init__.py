@@ -14,10 +14,12 @@ import re
 
 from ado_ray.errors import ConfigError
 from ado_ray.redact import mask_url as describe_store  # the store's URL, safe to print
-from ado_ray.store.base import RunRecord, SessionRecord, Store, TaskRecord
+from ado_ray.store.base import Fence, Lease, RunRecord, SessionRecord, Store, TaskRecord
 
 __all__ = [
     "BACKENDS",
+    "Fence",
+    "Lease",
     "RunRecord",
     "SessionRecord",
     "Store",

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -29,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ado_ray.errors import ConfigError, StoreError, UnknownRunError
+from ado_ray.errors import ConfigError, CorruptStoreError, StoreError, UnknownRunError
 from ado_ray.models import (
     BundleEvent,
     CheckpointEvent,
@@ -42,20 +43,30 @@ from ado_ray.models import (
     UsageEvent,
 )
 from ado_ray.store import describe_store
-from ado_ray.store.base import RunRecord, SessionRecord, TaskRecord
+from ado_ray.store.base import Fence, Lease, RunRecord, SessionRecord, TaskRecord, Transition
 from ado_ray.store.records import (
+    CORRUPT_HINT,
+    BadRow,
+    checkpoint_item,
     counts_by_run,
     decoded,
+    event_params,
+    lease_record,
+    plan_batch,
+    read_row,
+    refused,
     run_record,
     session_record,
     task_record,
     task_row,
     to_json,
+    transition_record,
 )
 from ado_ray.store.sqlfiles import load_migrations, load_queries
 from ado_ray.store.sqlite import MIN_PREFIX
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 _STEP_ORDER = {step.value: i for i, step in enumerate(Step)}
 
@@ -81,41 +92,38 @@ def _utc(moment: datetime) -> datetime:
 
 
 def event_statement(event: Event) -> tuple[str, Row]:
-    """The query (by name in queries.sql) that applies `event`, and its parameters."""
+    """The one-event query (by name in queries.sql) that applies `event`, and its
+    parameters: what `apply` does set-wise (see `batch_statements`), one event at a time."""
+    params = event_params(event)
     match event:
         case TaskUpdate():
-            return "apply_task_update", asdict(event) | {
-                "state": event.state.value,
-                "failure_class": event.failure_class.value if event.failure_class else None,
-                "terminal": event.state.terminal,
-            }
+            return "apply_task_update", params
         case CheckpointEvent():
-            params = {"task_id": event.task_id, "step": event.step.value}
             return "upsert_checkpoint", params | {"data": to_json(event.data)}
         case SessionEvent():
-            return "upsert_session", asdict(event) | {"usage": to_json(event.usage)}
+            return "upsert_session", params | {"usage": to_json(event.usage)}
         case UsageEvent():
-            return "upsert_usage", asdict(event)
+            return "upsert_usage", params
         case BundleEvent():
-            return "upsert_bundle", asdict(event) | {"size": len(event.data)}
-        case _:
-            raise TypeError(f"not an event: {event!r}")
+            return "upsert_bundle", params
+    raise TypeError(f"not an event: {event!r}")  # pragma: no cover (event_params raised)
 
 
-def grouped_statements(events: Iterable[Event]) -> list[tuple[str, list[Row]]]:
-    """The events as one (query, [parameters, ...]) group per query, each in event order.
-
-    Running the groups one after the other leaves the same rows as running the events one
-    by one: each query writes its own table (tasks, checkpoints, sessions, usage_records,
-    bundles) and reads no table another one writes, so only the order within a query
-    matters, and that order is kept: the last TaskUpdate of a task still wins, as does the
-    last checkpoint of a step and the last bundle of a task.
-    """
-    groups: dict[str, list[Row]] = {}
-    for event in events:
-        name, params = event_statement(event)
-        groups.setdefault(name, []).append(params)
-    return list(groups.items())
+def batch_statements(events: Iterable[Event]) -> list[tuple[str, list[Row]]]:
+    """The events as (query, [parameters, ...]) to run in order, each query set-wise:
+    one `apply_task_updates` per round of updates, one upsert each of the checkpoints,
+    sessions and usage (a JSON array each), one `upsert_bundle` per bundle. They leave the
+    rows that the events run one by one would (see `plan_batch`)."""
+    batch = plan_batch(events)
+    statements = [("apply_task_updates", [{"updates": to_json(r)} for r in batch.updates])]
+    for name, key, rows in (
+        ("upsert_checkpoints", "checkpoints", batch.checkpoints),
+        ("upsert_sessions", "sessions", batch.sessions),
+        ("upsert_usages", "usage", batch.usage),
+    ):
+        statements.append((name, [{key: to_json(rows)}] if rows else []))
+    statements.append(("upsert_bundle", batch.bundles))
+    return [(name, params) for name, params in statements if params]
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -269,6 +277,33 @@ class PostgresStore:
         with conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(self._sql[query], params).fetchall()
 
+    def _read(self, table: str, row: Row, build: Callable[[Mapping[str, Any]], T]) -> T:
+        """`build` of the decoded row; a value that cannot be read is a CorruptStoreError."""
+        try:
+            return read_row(table, row, lambda r: build(_row(r)))
+        except BadRow as exc:
+            raise CorruptStoreError(f"{self.where}: {exc}; {CORRUPT_HINT}") from None
+
+    def _leases(self, conn: psycopg.Connection[Any], run_ids: list[str]) -> dict[str, Lease]:
+        rows = self._rows(conn, "run_leases", {"run_ids": run_ids})
+        return {row["run_id"]: self._read("run_locks", row, lease_record) for row in rows}
+
+    def _run(
+        self, row: Row, counts: dict[str, dict[str, int]], leases: dict[str, Lease]
+    ) -> RunRecord:
+        run_id = row["run_id"]
+        build = partial(run_record, counts=counts.get(run_id, {}), lease=leases.get(run_id))
+        return self._read("runs", row, build)
+
+    def _check_fence(self, conn: psycopg.Connection[Any], fence: Fence, what: str) -> None:
+        """Raise LeaseLostError unless the run's lease has the fence's generation. The row
+        stays locked FOR SHARE until the write commits (see fence_lease in queries.sql);
+        called before the write takes any other lock."""
+        rows = self._rows(conn, "fence_lease", {"run_id": fence.run_id})
+        lease = self._read("run_locks", rows[0], lease_record) if rows else None
+        if lease is None or lease.generation != fence.generation:
+            raise refused(self.where, what, fence, lease)
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
@@ -328,13 +363,15 @@ class PostgresStore:
             if not rows:
                 raise self._unknown_run(run_id)
             counts = self._counts(conn, [rows[0]["run_id"]])
-        return run_record(_row(rows[0]), counts.get(rows[0]["run_id"], {}))
+            leases = self._leases(conn, [rows[0]["run_id"]])
+        return self._run(rows[0], counts, leases)
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         with self._transaction("list runs") as conn:
             rows = self._rows(conn, "list_runs", {"limit": limit})
             counts = self._counts(conn, [row["run_id"] for row in rows])
-        return [run_record(_row(row), counts.get(row["run_id"], {})) for row in rows]
+            leases = self._leases(conn, [row["run_id"] for row in rows])
+        return [self._run(row, counts, leases) for row in rows]
 
     def _counts(
         self, conn: psycopg.Connection[Any], run_ids: list[str]
@@ -343,8 +380,13 @@ class PostgresStore:
         rows = conn.execute(self._sql["count_tasks"], {"run_ids": run_ids}).fetchall()
         return counts_by_run(rows)
 
-    def set_run_status(self, run_id: str, status: RunStatus) -> None:
+    def exists(self) -> bool:
+        return True  # the database is the server's; migrate() makes the schema in it
+
+    def set_run_status(self, run_id: str, status: RunStatus, fence: Fence | None = None) -> None:
         with self._transaction(f"set status of run {run_id}") as conn:
+            if fence is not None:
+                self._check_fence(conn, fence, f"setting its status to {status.value}")
             params = {"run_id": run_id, "status": status.value}
             if conn.execute(self._sql["set_run_status"], params).rowcount == 0:
                 raise self._unknown_run(run_id)
@@ -352,31 +394,45 @@ class PostgresStore:
     def list_tasks(self, run_id: str) -> list[TaskRecord]:
         with self._transaction("list tasks") as conn:
             rows = self._rows(conn, "list_tasks", {"run_id": run_id})
-        return [task_record(_row(row)) for row in rows]
+        return [self._read("tasks", row, task_record) for row in rows]
 
-    def requeue_tasks(self, run_id: str, states: Sequence[TaskState]) -> int:
+    def requeue_tasks(
+        self, run_id: str, states: Sequence[TaskState], fence: Fence | None = None
+    ) -> int:
         """Also clears lease_owner; failure_class and error stay until the retry clears them."""
         params = {"run_id": run_id, "states": [s.value for s in states]}
         with self._transaction(f"requeue tasks of run {run_id}") as conn:
+            if fence is not None:
+                self._check_fence(conn, fence, "requeueing its tasks")
             return conn.execute(self._sql["requeue_tasks"], params).rowcount
 
     # events
 
-    def apply(self, events: Sequence[Event]) -> None:
-        """One transaction: lock the tasks named (refusing the batch if one is missing),
-        then one pipelined `executemany` per kind of event (see `grouped_statements`)."""
+    def apply(self, events: Sequence[Event], fence: Fence | None = None) -> None:
+        """One transaction: check the fence (if any), lock the tasks named (refusing the
+        batch if one is missing, or of another run than the fence's), then a few set-wise
+        statements (see `batch_statements`), sent in one pipeline: about six round trips
+        per batch, whatever its size."""
         if not events:
             return
-        groups = grouped_statements(events)
+        statements = batch_statements(events)
         task_ids = sorted({event.task_id for event in events})
         with self._transaction(f"apply {len(events)} events") as conn:
+            if fence is not None:
+                self._check_fence(conn, fence, f"a batch of {len(events)} events")
             locked = conn.execute(self._sql["lock_tasks"], {"task_ids": task_ids})
-            found = {row[0] for row in locked}
+            found = dict(locked.fetchall())
             for event in events:
                 if event.task_id not in found:
                     raise self._unknown_task(event)
-            with conn.cursor() as cur:
-                for name, rows in groups:
+                if fence is not None and found[event.task_id] != fence.run_id:
+                    raise StoreError(
+                        f"{self.where} refused a batch of {len(events)} events: task "
+                        f"'{event.task_id}' belongs to run {found[event.task_id]}, not to run "
+                        f"{fence.run_id} whose lease it came with"
+                    )
+            with conn.pipeline(), conn.cursor() as cur:
+                for name, rows in statements:
                     cur.executemany(self._sql[name], rows)
 
     def _unknown_task(self, event: Event) -> StoreError:
@@ -391,12 +447,17 @@ class PostgresStore:
         with self._transaction("read checkpoints") as conn:
             rows = self._rows(conn, "checkpoints", {"task_id": task_id})
         rows.sort(key=lambda row: _STEP_ORDER.get(row["step"], len(_STEP_ORDER)))
-        return {Step(row["step"]): row["data"] for row in rows}
+        return dict(self._read("checkpoints", row, checkpoint_item) for row in rows)
 
     def sessions(self, task_id: str) -> list[SessionRecord]:
         with self._transaction("read sessions") as conn:
             rows = self._rows(conn, "sessions", {"task_id": task_id})
-        return [session_record(_row(row)) for row in rows]
+        return [self._read("sessions", row, session_record) for row in rows]
+
+    def transitions(self, run_id: str) -> list[Transition]:
+        with self._transaction("read transitions") as conn:
+            rows = self._rows(conn, "transitions", {"run_id": run_id})
+        return [self._read("task_transitions", row, transition_record) for row in rows]
 
     def bundle(self, task_id: str) -> tuple[str, bytes] | None:
         with self._transaction("read bundle") as conn:
@@ -405,22 +466,22 @@ class PostgresStore:
 
     # one driver per run
 
-    def acquire_run_lock(self, run_id: str, owner: str, ttl_s: float) -> str | None:
+    def acquire_run_lock(self, run_id: str, owner: str, ttl_s: float) -> Lease:
         """One statement, timed by the server's clock, so drivers on machines whose clocks
         disagree still see the same expiry."""
         params = {"run_id": run_id, "owner": owner, "ttl_s": ttl_s}
         with self._transaction(f"lock run {run_id}") as conn:
             try:
-                taken = conn.execute(self._sql["acquire_run_lock"], params).fetchone()
+                taken = self._rows(conn, "acquire_run_lock", params)
             except pg_errors.ForeignKeyViolation as exc:
                 raise self._unknown_run(run_id) from exc
-            if taken is not None:
-                return None
+            if taken:
+                return self._read("run_locks", taken[0], lease_record)
             # The INSERT locked the lease it could not take: it is still there.
-            holder = conn.execute(self._sql["run_lock_owner"], params).fetchone()
+            holder = self._leases(conn, [run_id]).get(run_id)
         if holder is None:
             raise StoreError(f"the lease of run {run_id} in {self.where} vanished while locked")
-        return str(holder[0])
+        return holder
 
     def release_run_lock(self, run_id: str, owner: str) -> None:
         with self._transaction(f"unlock run {run_id}") as conn:

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ado_ray.errors import StoreError
+from ado_ray import metrics
+from ado_ray.errors import LeaseLostError, StoreError
 from ado_ray.models import Event
-from ado_ray.store import Store, describe_store, open_store
+from ado_ray.store import Fence, Store, describe_store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ class Sink:
       (checkpoints) durably.
     - The event loop never blocks: the store is opened and called in one worker thread.
     - There is no back-pressure: during an outage the buffer grows in memory.
+    - Fencing: with `fence` (the run's lease generation its driver holds), every batch is
+      written only if the run's lease still has that generation, checked by the store in
+      the batch's own transaction. A refused batch (`LeaseLostError`: another driver took
+      the run over) is not retried: it, everything pending and everything submitted later
+      is dropped and counted as `refused`, and every durable submit, `flush` and `close`
+      raises `LeaseLostError` from then on. Nothing of it reaches the store.
     """
 
     def __init__(
@@ -57,6 +64,7 @@ class Sink:
         max_delay_s: float = 0.05,
         retry_max_s: float = 5.0,
         give_up_after_s: float = 300.0,
+        fence: Fence | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -65,6 +73,7 @@ class Sink:
         self.max_delay_s = max_delay_s
         self.retry_max_s = retry_max_s
         self.give_up_after_s = give_up_after_s
+        self.fence = fence
         self._store: Store | None = None  # used only in the worker thread
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ado-sink")
         self._pending: list[Event] = []  # received, not yet in a batch
@@ -78,12 +87,20 @@ class Sink:
         self._failing_since: float | None = None
         self._last_error: str | None = None
         self._gave_up = False
+        self._fenced: str | None = None  # the store's refusal, once it refused a batch
+        self._refused = 0  # events dropped because of it
         self._closed = False
 
     async def submit(self, events: Sequence[Event], durable: bool = False) -> None:
         """Queue `events`; with `durable`, return only once they are committed."""
         if self._closed:
             raise RuntimeError("the sink is closed")
+        if self._fenced is not None:
+            self._received += len(events)
+            self._refused += len(events)
+            if durable:
+                raise LeaseLostError(self._fenced)
+            return
         if events:
             loop = asyncio.get_running_loop()
             if not self._pending:
@@ -103,10 +120,19 @@ class Sink:
         await self._committed(self._received)
 
     async def close(self) -> None:
-        """Flush, then close the store. If the flush raises, the sink stays open."""
+        """Flush, then close the store. If the flush raises, the sink stays open, unless
+        it raises because the sink was fenced off: nothing can be written any more, so the
+        sink closes, then raises."""
         if self._closed:
             return
-        await self.flush()
+        try:
+            await self.flush()
+        except LeaseLostError:
+            await self._shut()
+            raise
+        await self._shut()
+
+    async def _shut(self) -> None:
         self._closed = True
         if self._flusher is not None:
             self._flusher.cancel()
@@ -116,8 +142,10 @@ class Sink:
 
     def status(self) -> dict[str, Any]:
         return {
-            "pending": self._received - self._written,
+            "pending": self._received - self._written - self._refused,
             "written": self._written,
+            "refused": self._refused,  # events dropped after a fenced refusal
+            "fenced": self._fenced,  # the store's refusal
             "batches": self._batches,
             "failing_since": self._failing_since,  # epoch seconds, None when healthy
             "last_error": self._last_error,  # kept after recovery, for the record
@@ -129,6 +157,8 @@ class Sink:
     async def _committed(self, number: int) -> None:
         if self._written >= number:
             return
+        if self._fenced is not None:
+            raise LeaseLostError(self._fenced)
         if self._gave_up:
             raise self._give_up_error()
         future = asyncio.get_running_loop().create_future()
@@ -175,6 +205,9 @@ class Sink:
             try:
                 await loop.run_in_executor(self._executor, self._apply, batch)
                 break
+            except LeaseLostError as exc:  # never retried: the run is another driver's now
+                self._refuse(exc, batch)
+                return
             except Exception as exc:  # whatever failed, the batch is kept and retried
                 self._failed(exc)
                 await asyncio.sleep(delay)
@@ -189,6 +222,18 @@ class Sink:
             _, future = self._waiters.pop(0)
             if not future.done():
                 future.set_result(None)
+
+    def _refuse(self, exc: LeaseLostError, batch: list[Event]) -> None:
+        dropped = len(batch) + len(self._pending)
+        self._pending = []
+        self._refused += dropped
+        self._fenced = f"{exc} ({dropped} events not written)"
+        self._failing_since = None
+        log.error("%s", self._fenced)
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(LeaseLostError(self._fenced))
+        self._waiters.clear()
 
     def _failed(self, exc: Exception) -> None:
         now = time.time()
@@ -209,13 +254,17 @@ class Sink:
     def _apply(self, batch: list[Event]) -> None:
         if self._store is None:
             self._store = open_store(self.store_url)
+        started = time.monotonic()
         try:
-            self._store.apply(batch)
+            self._store.apply(batch, fence=self.fence)
+        except LeaseLostError:
+            raise  # the store answered: the connection is fine
         except Exception:
             # Retry on a fresh connection; closing a broken one may fail too.
             with contextlib.suppress(Exception):
                 self._close_store()
             raise
+        metrics.sink_wrote(self._store, batch, time.monotonic() - started, self.fence)
 
     def _close_store(self) -> None:
         store, self._store = self._store, None

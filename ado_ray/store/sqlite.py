@@ -16,15 +16,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from ado_ray.errors import ConfigError, StoreError, UnknownRunError
+from ado_ray.errors import ConfigError, CorruptStoreError, StoreError, UnknownRunError
 from ado_ray.models import (
     BundleEvent,
     CheckpointEvent,
@@ -36,21 +37,33 @@ from ado_ray.models import (
     TaskUpdate,
     UsageEvent,
 )
-from ado_ray.store.base import RunRecord, SessionRecord, TaskRecord
+from ado_ray.store.base import Fence, Lease, RunRecord, SessionRecord, TaskRecord, Transition
 from ado_ray.store.records import (
+    CORRUPT_HINT,
+    BadRow,
+    checkpoint_item,
     counts_by_run,
     decoded,
+    event_params,
+    lease_record,
+    read_row,
+    refused,
     run_record,
     session_record,
     task_record,
     task_row,
     to_json,
+    transition_record,
 )
 from ado_ray.store.sqlfiles import load_migrations, load_queries
 
 MIN_PREFIX = 4  # shortest run id prefix that get_run resolves
+EMPTY_FILE_WAIT_S = 2.0  # how long a 0-byte file may take to become a database
+# SQLite's primary result codes for "this is not (or no longer) a database"
+NOT_A_DATABASE = {11: "SQLITE_CORRUPT", 26: "SQLITE_NOTADB"}
 
 _STEP_ORDER = {step.value: i for i, step in enumerate(Step)}
+T = TypeVar("T")
 
 
 # --- SQL files -------------------------------------------------------------------------------
@@ -126,9 +139,13 @@ class SQLiteStore:
 
     # connection and transactions
 
+    def exists(self) -> bool:
+        return str(self.path) == ":memory:" or self.path.exists()
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             if str(self.path) != ":memory:":
+                self._refuse_empty_file()
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 self.path,
@@ -147,6 +164,25 @@ class SQLiteStore:
                 raise
             self._conn = conn
         return self._conn
+
+    def _refuse_empty_file(self) -> None:
+        """A 0-byte file is not a store: SQLite would take it for an empty database and
+        this would write a new schema into whatever file it is. Another process that just
+        created the file writes its first page within milliseconds, so wait a little."""
+        deadline = time.monotonic() + EMPTY_FILE_WAIT_S
+        while True:
+            try:
+                if self.path.stat().st_size > 0:
+                    return
+            except FileNotFoundError:
+                return  # a new store: created here
+            if time.monotonic() > deadline:
+                raise CorruptStoreError(
+                    f"{self.path} is empty (0 bytes), so it is not an ado-ray state store; "
+                    "delete it (a new store is made where there is no file) or point --state "
+                    "at another file"
+                )
+            time.sleep(0.05)
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
         """Switch to WAL. Two processes opening a new file both try it, and the loser is
@@ -175,6 +211,15 @@ class SQLiteStore:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
+            except sqlite3.DatabaseError as exc:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code in NOT_A_DATABASE:
+                    raise CorruptStoreError(
+                        f"{self.path} is not an ado-ray state store, or is damaged: SQLite "
+                        f"says '{exc}' ({NOT_A_DATABASE[code]}); move it away (a new store is "
+                        "made where there is no file) or point --state at another file"
+                    ) from None
+                raise StoreError(f"{what} failed on {self.path}: {exc}{self._hint(exc)}") from exc
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"{what} failed on {self.path}: {exc}{self._hint(exc)}") from exc
 
@@ -188,6 +233,35 @@ class SQLiteStore:
 
     def _unknown_run(self, run_id: str) -> UnknownRunError:
         return UnknownRunError(f"no run '{run_id}' in {self.path}; `ado runs` lists the runs")
+
+    def _read(self, table: str, row: Any, build: Callable[[Mapping[str, Any]], T]) -> T:
+        """`build` of the decoded row; a value that cannot be read is a CorruptStoreError."""
+        try:
+            return read_row(table, dict(row), lambda r: build(_row(r)))
+        except BadRow as exc:
+            raise CorruptStoreError(f"{self.path}: {exc}; {CORRUPT_HINT}") from None
+
+    def _leases(self, conn: sqlite3.Connection, run_ids: Iterable[str]) -> dict[str, Lease]:
+        params = {"run_ids": to_json(list(run_ids)), "now": _now()}
+        rows = conn.execute(self._sql["run_leases"], params).fetchall()
+        return {row["run_id"]: self._read("run_locks", row, lease_record) for row in rows}
+
+    def _check_fence(
+        self, conn: sqlite3.Connection, fence: Fence, what: str, task_ids: Sequence[str] = ()
+    ) -> None:
+        """Raise LeaseLostError unless the run's lease has the fence's generation (inside
+        the write's BEGIN IMMEDIATE transaction, so no takeover can come in between)."""
+        lease = self._leases(conn, [fence.run_id]).get(fence.run_id)
+        if lease is None or lease.generation != fence.generation:
+            raise refused(str(self.path), what, fence, lease)
+        if task_ids:
+            params = {"task_ids": to_json(list(task_ids)), "run_id": fence.run_id}
+            stray = conn.execute(self._sql["foreign_tasks"], params).fetchone()
+            if stray is not None:
+                raise StoreError(
+                    f"{self.path} refused {what}: task '{stray['task_id']}' belongs to run "
+                    f"{stray['run_id']}, not to run {fence.run_id} whose lease it came with"
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -246,13 +320,22 @@ class SQLiteStore:
             if row is None:
                 raise self._unknown_run(run_id)
             counts = self._counts(conn, [row["run_id"]])
-        return run_record(_row(row), counts.get(row["run_id"], {}))
+            leases = self._leases(conn, [row["run_id"]])
+        return self._run(row, counts, leases)
+
+    def _run(
+        self, row: Any, counts: dict[str, dict[str, int]], leases: dict[str, Lease]
+    ) -> RunRecord:
+        run_id = row["run_id"]
+        build = partial(run_record, counts=counts.get(run_id, {}), lease=leases.get(run_id))
+        return self._read("runs", row, build)
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         with self._transaction("list runs", write=False) as conn:
             rows = conn.execute(self._sql["list_runs"], {"limit": limit}).fetchall()
             counts = self._counts(conn, [row["run_id"] for row in rows])
-        return [run_record(_row(row), counts.get(row["run_id"], {})) for row in rows]
+            leases = self._leases(conn, [row["run_id"] for row in rows])
+        return [self._run(row, counts, leases) for row in rows]
 
     def _counts(
         self, conn: sqlite3.Connection, run_ids: Iterable[str]
@@ -261,8 +344,10 @@ class SQLiteStore:
         rows = conn.execute(self._sql["count_tasks"], {"run_ids": to_json(list(run_ids))})
         return counts_by_run(rows)
 
-    def set_run_status(self, run_id: str, status: RunStatus) -> None:
+    def set_run_status(self, run_id: str, status: RunStatus, fence: Fence | None = None) -> None:
         with self._transaction(f"set status of run {run_id}") as conn:
+            if fence is not None:
+                self._check_fence(conn, fence, f"setting its status to {status.value}")
             params = {"run_id": run_id, "status": status.value}
             if conn.execute(self._sql["set_run_status"], params).rowcount == 0:
                 raise self._unknown_run(run_id)
@@ -270,19 +355,27 @@ class SQLiteStore:
     def list_tasks(self, run_id: str) -> list[TaskRecord]:
         with self._transaction("list tasks", write=False) as conn:
             rows = conn.execute(self._sql["list_tasks"], {"run_id": run_id}).fetchall()
-        return [task_record(_row(row)) for row in rows]
+        return [self._read("tasks", row, task_record) for row in rows]
 
-    def requeue_tasks(self, run_id: str, states: Sequence[TaskState]) -> int:
+    def requeue_tasks(
+        self, run_id: str, states: Sequence[TaskState], fence: Fence | None = None
+    ) -> int:
         """Also clears lease_owner; failure_class and error stay until the retry clears them."""
         params = {"run_id": run_id, "states": to_json([s.value for s in states]), "now": _now()}
         with self._transaction(f"requeue tasks of run {run_id}") as conn:
-            return conn.execute(self._sql["requeue_tasks"], params).rowcount
+            if fence is not None:
+                self._check_fence(conn, fence, "requeueing its tasks")
+            count: int = conn.execute(self._sql["requeue_tasks"], params).rowcount
+            return count
 
     # events
 
-    def apply(self, events: Sequence[Event]) -> None:
+    def apply(self, events: Sequence[Event], fence: Fence | None = None) -> None:
         now = _now()
         with self._transaction(f"apply {len(events)} events") as conn:
+            if fence is not None:
+                task_ids = sorted({event.task_id for event in events})
+                self._check_fence(conn, fence, f"a batch of {len(events)} events", task_ids)
             for event in events:
                 try:
                     self._apply_one(conn, event, now)
@@ -293,42 +386,37 @@ class SQLiteStore:
                     ) from exc
 
     def _apply_one(self, conn: sqlite3.Connection, event: Event, now: str) -> None:
+        params = event_params(event) | {"now": now}
         match event:
             case TaskUpdate():
-                params = asdict(event) | {
-                    "state": event.state.value,
-                    "failure_class": event.failure_class.value if event.failure_class else None,
-                    "terminal": event.state.terminal,
-                    "now": now,
-                }
                 changed = conn.execute(self._sql["apply_task_update"], params).rowcount
                 key = {"task_id": event.task_id}
                 if not changed and conn.execute(self._sql["task_exists"], key).fetchone() is None:
                     raise StoreError(f"no task '{event.task_id}' in {self.path} to update")
             case CheckpointEvent():
-                params = {"task_id": event.task_id, "step": event.step.value, "now": now}
                 conn.execute(self._sql["upsert_checkpoint"], params | {"data": to_json(event.data)})
             case SessionEvent():
-                params = asdict(event) | {"usage": to_json(event.usage), "now": now}
-                conn.execute(self._sql["upsert_session"], params)
+                conn.execute(self._sql["upsert_session"], params | {"usage": to_json(event.usage)})
             case UsageEvent():
-                conn.execute(self._sql["upsert_usage"], asdict(event) | {"now": now})
+                conn.execute(self._sql["upsert_usage"], params)
             case BundleEvent():
-                params = asdict(event) | {"size": len(event.data), "now": now}
                 conn.execute(self._sql["upsert_bundle"], params)
-            case _:
-                raise TypeError(f"not an event: {event!r}")
 
     def checkpoints(self, task_id: str) -> dict[Step, dict[str, Any]]:
         with self._transaction("read checkpoints", write=False) as conn:
             rows = conn.execute(self._sql["checkpoints"], {"task_id": task_id}).fetchall()
         rows.sort(key=lambda row: _STEP_ORDER.get(row["step"], len(_STEP_ORDER)))
-        return {Step(row["step"]): json.loads(row["data"]) for row in rows}
+        return dict(self._read("checkpoints", row, checkpoint_item) for row in rows)
 
     def sessions(self, task_id: str) -> list[SessionRecord]:
         with self._transaction("read sessions", write=False) as conn:
             rows = conn.execute(self._sql["sessions"], {"task_id": task_id}).fetchall()
-        return [session_record(_row(row)) for row in rows]
+        return [self._read("sessions", row, session_record) for row in rows]
+
+    def transitions(self, run_id: str) -> list[Transition]:
+        with self._transaction("read transitions", write=False) as conn:
+            rows = conn.execute(self._sql["transitions"], {"run_id": run_id}).fetchall()
+        return [self._read("task_transitions", row, transition_record) for row in rows]
 
     def bundle(self, task_id: str) -> tuple[str, bytes] | None:
         with self._transaction("read bundle", write=False) as conn:
@@ -337,25 +425,25 @@ class SQLiteStore:
 
     # one driver per run
 
-    def acquire_run_lock(self, run_id: str, owner: str, ttl_s: float) -> str | None:
-        now = datetime.now(UTC)
-        params = {
-            "run_id": run_id,
-            "owner": owner,
-            "expires_at": _ts(now + timedelta(seconds=ttl_s)),
-            "now": _ts(now),
-        }
+    def acquire_run_lock(self, run_id: str, owner: str, ttl_s: float) -> Lease:
         with self._transaction(f"lock run {run_id}") as conn:
+            now = datetime.now(UTC)  # inside BEGIN IMMEDIATE: no writer comes in between
+            params = {
+                "run_id": run_id,
+                "owner": owner,
+                "expires_at": _ts(now + timedelta(seconds=ttl_s)),
+                "now": _ts(now),
+            }
             if conn.execute(self._sql["get_run"], {"run_id": run_id}).fetchone() is None:
                 raise self._unknown_run(run_id)
             conn.execute(self._sql["acquire_run_lock"], params)
-            holder: str = conn.execute(self._sql["run_lock_owner"], params).fetchone()["owner"]
-        return None if holder == owner else holder
+            return self._leases(conn, [run_id])[run_id]
 
     def release_run_lock(self, run_id: str, owner: str) -> None:
+        params = {"run_id": run_id, "owner": owner, "now": _now()}
         with self._transaction(f"unlock run {run_id}") as conn:
-            conn.execute(self._sql["release_run_lock"], {"run_id": run_id, "owner": owner})
+            conn.execute(self._sql["release_run_lock"], params)
 
     def break_run_lock(self, run_id: str) -> None:
         with self._transaction(f"break lock of run {run_id}") as conn:
-            conn.execute(self._sql["break_run_lock"], {"run_id": run_id})
+            conn.execute(self._sql["break_run_lock"], {"run_id": run_id, "now": _now()})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -335,3 +336,135 @@ def test_a_store_outage_beyond_the_limit_stops_the_run_and_it_resumes(
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert json.loads(resumed.stdout)["counts"] == {"changed": 6}
+
+
+# Logs "start|end <driver> <repo> <time>". Under driver A it takes argv[2] seconds; under
+# driver B it waits for the gate file argv[3], so the test can hold B's run still.
+TAKEOVER_AGENT = """
+import fcntl, os, sys, time
+who = os.environ.get("DRIVER", "?")
+def note(what):
+    with open(os.environ["ADO_VAR_LOG"], "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(f"{what} {who} {sys.argv[1]} {time.time()}\\n")
+note("start")
+if who == "A":
+    time.sleep(float(sys.argv[2]))
+while who != "A" and not os.path.exists(sys.argv[3]):
+    time.sleep(0.05)
+open("fixed.txt", "w").write("fixed")
+note("end")
+"""
+
+
+def takeover_log(log: Path) -> list[tuple[str, str, str, float]]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(kind, who, repo, float(t)) for kind, who, repo, t in (line.split() for line in lines)]
+
+
+def pg_rows(url: str) -> dict[str, Any]:
+    """Every table's rows, and of the lease only its holder and generation (renewals move
+    its times)."""
+    with psycopg.connect(url) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename NOT IN ('run_locks', 'schema_version') ORDER BY tablename"
+            )
+        ]
+        rows: dict[str, Any] = {
+            table: sorted(map(repr, conn.execute(f"SELECT * FROM {table}").fetchall()))
+            for table in tables
+        }
+        lease = "SELECT run_id, owner, generation FROM run_locks"
+        rows["run_locks"] = conn.execute(lease).fetchall()
+    return rows
+
+
+def test_a_driver_that_loses_its_lease_in_an_outage_stops_and_its_late_writes_are_refused(
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    script: Callable[[str, str], str],
+    pg_server: PostgresServer,
+    pg_url: str,
+) -> None:
+    """Two `ado` processes on one PostgreSQL run. The store goes away for longer than the
+    lease TTL: driver A notices it cannot renew, starts nothing more and stops its agents,
+    while its unwritten events wait for the store. A is then paused (SIGSTOP: a frozen VM,
+    a long GC pause) and the store comes back; driver B (`ado resume`) takes the run over.
+    When A wakes up, its late writes are refused by the store: no row changes. B finishes
+    the run, and every repository has exactly one commit."""
+    repo_list, log = fleet(tmp_path, make_repo, 6, prefix="l")
+    gate = tmp_path / "gate"
+    (tmp_path / "ado.yaml").write_text(
+        f"state: {pg_url}\nparallel: 2\nno_ray: true\nlease_ttl_s: 3\nstore_outage_limit_s: 120\n"
+        f"work_root: {tmp_path / 'work'}\nname: lease\n"
+    )
+    cmd = f"{script('agent', TAKEOVER_AGENT)} {{repo_name}} 1.0 {gate}"
+    command = [sys.executable, "-m", "ado_ray"]
+    a_out, a_err = tmp_path / "a.out", tmp_path / "a.err"
+    with a_out.open("w") as out, a_err.open("w") as err:
+        driver_a = subprocess.Popen(
+            [*command, "batch", str(repo_list), "--cmd", cmd, "--env-allow", "DRIVER"],
+            cwd=tmp_path,
+            env={**os.environ, "DRIVER": "A"},
+            stdout=out,
+            stderr=err,
+        )
+    driver_b: subprocess.Popen[str] | None = None
+    try:
+        wait_for(lambda: sum(e[0] == "end" for e in takeover_log(log)) >= 2, 120)
+        with psycopg.connect(pg_url) as conn:
+            (run_id, a_owner) = conn.execute("SELECT run_id, owner FROM run_locks").fetchone() or ()
+        pg_server.stop()
+        wait_for(lambda: "could not renew the lease of run" in a_out.read_text(), 60)
+        noticed = time.time()
+        driver_a.send_signal(signal.SIGSTOP)
+        pg_server.start()
+
+        driver_b = subprocess.Popen(
+            [*command, "resume", run_id, "--json"],
+            cwd=tmp_path,
+            env={**os.environ, "DRIVER": "B"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: sum(e[:2] == ("start", "B") for e in takeover_log(log)) == 2, 120)
+        (b_owner, generation) = pg_rows(pg_url)["run_locks"][0][1:]
+        assert b_owner != a_owner and generation == 2
+        before = pg_rows(pg_url)
+        deadline = time.monotonic() + 60
+        while True:  # B's last writes before its agents wait are in
+            time.sleep(1)
+            now = pg_rows(pg_url)
+            if now == before:
+                break
+            assert time.monotonic() < deadline, "B's writes did not settle"
+            before = now
+
+        resumed_at = time.time()
+        driver_a.send_signal(signal.SIGCONT)
+        assert driver_a.wait(90) == 130, a_out.read_text() + a_err.read_text()
+        assert pg_rows(pg_url) == before  # A's late writes were refused, every one
+    finally:
+        if driver_a.poll() is None:
+            driver_a.send_signal(signal.SIGCONT)
+            driver_a.kill()
+            driver_a.wait()
+        gate.touch()
+    assert driver_b is not None
+    b_out, b_err = driver_b.communicate(timeout=120)
+    assert driver_b.returncode == 0, b_out + b_err
+
+    a_said = a_out.read_text() + a_err.read_text()
+    assert "starting nothing more, stopping the running agents now" in a_said
+    assert "refused a batch of" in a_said and f"held by {b_owner}" in a_said
+    assert f"ado resume {run_id}" in a_said
+    a_starts = [t for kind, who, _, t in takeover_log(log) if (kind, who) == ("start", "A")]
+    assert a_starts and max(a_starts) < resumed_at  # nothing started once it woke up
+    assert max(a_starts) < noticed + 1  # nor after it noticed (1 s: an agent's start-up)
+    assert json.loads(b_out)["counts"] == {"changed": 6}
+    for i in range(6):
+        assert len(git(tmp_path / "repos" / f"l{i}", "rev-list", "main..ado/lease").split()) == 1

@@ -23,7 +23,18 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from ado_ray.models import RepoSpec, RunStatus, TaskState
+from ado_ray.models import (
+    CheckpointEvent,
+    Event,
+    FailureClass,
+    RepoSpec,
+    RunStatus,
+    SessionEvent,
+    Step,
+    TaskState,
+    TaskUpdate,
+    UsageEvent,
+)
 from ado_ray.store import RunRecord, Store, TaskRecord, backend_name, open_store
 from ado_ray.store.postgres import PostgresStore
 from ado_ray.store.sqlite import SQLiteStore
@@ -85,6 +96,34 @@ def create_run(store: Store, run_id: str = RUN, n_tasks: int = 3, **kw: Any) -> 
     return [task.task_id for task in tasks]
 
 
+def mixed_life(t0: str, t1: str) -> list[Event]:
+    """Two tasks' interleaved events, with what a set-wise batch could get wrong: several
+    updates of one task (A, B, A again), heartbeats, a checkpoint beside its update, a
+    failure cleared by a retry, a terminal state, replaced sessions and usage."""
+    beat = TaskUpdate(t0, TaskState.RUNNING, lease_owner="r1")
+    return [
+        TaskUpdate(t0, TaskState.PREPARING, attempt=1, lease_owner="r1", workspace="/w0"),
+        TaskUpdate(t1, TaskState.PREPARING, attempt=1, lease_owner="r2"),
+        CheckpointEvent(t0, Step.PREPARED, {"base_sha": "a"}),
+        TaskUpdate(t0, TaskState.RUNNING, base_sha="a"),
+        beat,
+        beat,
+        SessionEvent(t1, 1, "claude", "s1", 1, 1.5, "a.log", {"in": 1}, "rate_limited"),
+        TaskUpdate(t1, TaskState.FAILED, failure_class=FailureClass.RATE_LIMITED, error="429"),
+        UsageEvent(t1, 1, "claude", input_tokens=5),
+        TaskUpdate(t1, TaskState.PREPARING, attempt=2, lease_owner="r3", clear_failure=True),
+        beat,
+        TaskUpdate(t0, TaskState.COLLECTING),
+        beat,  # back to running: a change again
+        SessionEvent(t1, 1, "claude", "s1b", 0, 2.0, "b.log", {"in": 2}, "ok"),
+        UsageEvent(t1, 1, "claude", input_tokens=7),
+        CheckpointEvent(t0, Step.PREPARED, {"base_sha": "b"}),
+        TaskUpdate(t0, TaskState.CHANGED, branch="ado/x", commit_sha="c"),
+        CheckpointEvent(t0, Step.COMMITTED, {"commit_sha": "c"}),
+        TaskUpdate(t1, TaskState.NO_CHANGE),
+    ]
+
+
 class Raw(Protocol):
     """Plain-SQL access beside the store, to check what it wrote."""
 
@@ -93,6 +132,9 @@ class Raw(Protocol):
 
     def delete_run(self, run_id: str) -> None:
         """DELETE the run's row (foreign keys do the rest)."""
+
+    def execute(self, statement: str) -> None:
+        """Run one statement, without parameters (committed at once)."""
 
     def close(self) -> None: ...
 
@@ -110,6 +152,9 @@ class SQLiteRaw:
     def delete_run(self, run_id: str) -> None:
         self.conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
+    def execute(self, statement: str) -> None:
+        self.conn.execute(statement)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -124,6 +169,9 @@ class PostgresRaw:
 
     def delete_run(self, run_id: str) -> None:
         self.conn.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
+
+    def execute(self, statement: str) -> None:
+        self.conn.execute(statement.encode())  # bytes: a statement not typed as a literal
 
     def close(self) -> None:
         self.conn.close()

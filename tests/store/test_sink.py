@@ -8,10 +8,11 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ado_ray.errors import StoreError
+from ado_ray.errors import LeaseLostError, StoreError
 from ado_ray.models import (
     BundleEvent,
     CheckpointEvent,
@@ -21,11 +22,11 @@ from ado_ray.models import (
     TaskState,
     TaskUpdate,
 )
-from ado_ray.store import Store, open_store
+from ado_ray.store import Fence, Store, open_store
 from ado_ray.store import sink as sink_module
 from ado_ray.store.sink import Sink
 from ado_ray.store.sqlite import SQLiteStore
-from tests.store.conftest import RUN, create_run
+from tests.store.conftest import RUN, Raw, create_run, dump
 
 
 class Recorder:
@@ -44,7 +45,7 @@ class Recorder:
         self.delay_s = 0.0  # block the calling thread this long in each apply
         self.attempts = 0
 
-    def apply(self, events: Sequence[Event]) -> None:
+    def apply(self, events: Sequence[Event], fence: Fence | None = None) -> None:
         self.attempts += 1
         time.sleep(self.delay_s)
         if self.fail_next > 0:
@@ -54,7 +55,7 @@ class Recorder:
             raise StoreError("injected outage")
         if self.inner is None:
             self.inner = self.opener()
-        self.inner.apply(events)
+        self.inner.apply(events, fence)
         self.batches.append(list(events))
 
     def close(self) -> None:
@@ -203,6 +204,38 @@ def test_flush_close_and_after(store_url: str, tasks: list[str]) -> None:
     assert sink.status()["written"] == 5
     with contextlib.closing(open_store(store_url)) as reader:
         assert attempt_of(reader, tasks[1]) == 5
+
+
+def test_a_fenced_sink_writes_nothing_once_its_lease_is_taken_over(
+    store: Store, store_url: str, tasks: list[str], raw: Raw
+) -> None:
+    """The store refuses a batch under a stale fence; the sink does not retry it, drops
+    it and everything after it, and raises LeaseLostError to whoever waits."""
+    fence = store.acquire_run_lock(RUN, "driver-a", 0).fence  # expired, still driver-a's
+
+    async def main() -> dict[str, Any]:
+        sink = Sink(store_url, max_delay_s=60, retry_max_s=0.01, fence=fence)
+        await sink.submit(updates(tasks[0], 2), durable=True)
+        assert attempt_of(store, tasks[0]) == 2
+        assert store.acquire_run_lock(RUN, "driver-b", 60).owner == "driver-b"
+        before = dump(raw)
+        await sink.submit(updates(tasks[1], 3))
+        with pytest.raises(LeaseLostError, match="lease is now generation 2, held by driver-b"):
+            await sink.submit(updates(tasks[2], 1), durable=True)
+        status = sink.status()
+        assert (status["written"], status["refused"], status["pending"]) == (2, 4, 0)
+        assert "4 events not written" in status["fenced"]
+        await sink.submit(updates(tasks[3], 1))  # dropped at once
+        assert sink.status()["refused"] == 5 and sink.status()["batches"] == 1
+        with pytest.raises(LeaseLostError):
+            await sink.flush()
+        with pytest.raises(LeaseLostError):
+            await sink.close()
+        await sink.close()  # closed all the same
+        return before
+
+    before = asyncio.run(main())
+    assert dump(raw) == before
 
 
 def test_a_sink_that_never_writes_opens_nothing(tmp_path: Path) -> None:

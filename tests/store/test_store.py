@@ -8,13 +8,13 @@ import sqlite3
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ado_ray.errors import ConfigError, StoreError, UnknownRunError
+from ado_ray.errors import ConfigError, LeaseLostError, StoreError, UnknownRunError
 from ado_ray.models import (
     TERMINAL_STATES,
     BundleEvent,
@@ -28,12 +28,22 @@ from ado_ray.models import (
     TaskUpdate,
     UsageEvent,
 )
-from ado_ray.store import BACKENDS, SessionRecord, Store, describe_store, open_store
+from ado_ray.store import BACKENDS, Fence, SessionRecord, Store, describe_store, open_store
 from ado_ray.store import postgres as postgres_module
 from ado_ray.store import sqlite as sqlite_module
 from ado_ray.store.sqlfiles import load_migrations
 from ado_ray.store.sqlite import SQLiteStore, split_script
-from tests.store.conftest import RUN, T0, TABLES, Raw, build_run, create_run, dump, open_raw
+from tests.store.conftest import (
+    RUN,
+    T0,
+    TABLES,
+    Raw,
+    build_run,
+    create_run,
+    dump,
+    mixed_life,
+    open_raw,
+)
 
 # A bundle's bytes: binary, NULs and all (a real one is made in tests/engine/test_workspace.py).
 BUNDLE = b"# v2 git bundle\n" + bytes(range(256)) * 4
@@ -242,6 +252,41 @@ def test_later_event_in_a_batch_wins(store: Store, raw: Raw) -> None:
     assert [row["input_tokens"] for row in raw.rows("usage_records")] == [2]
 
 
+def test_a_batch_leaves_the_rows_of_its_events_one_by_one(store: Store) -> None:
+    batched, single = create_run(store, "run-a", 2), create_run(store, "run-b", 2)
+    store.apply(mixed_life(*batched))
+    for event in mixed_life(*single):
+        store.apply([event])
+
+    def seen(run_id: str, ids: list[str]) -> list[Any]:
+        tasks = store.list_tasks(run_id)
+        name = {task_id: f"t{i}" for i, task_id in enumerate(ids)}
+        rows = [
+            (t.state, t.attempt, t.base_sha, t.branch, t.commit_sha, t.failure_class, t.error,
+             t.workspace, t.lease_owner)
+            for t in tasks
+        ]  # fmt: skip
+        steps = [store.checkpoints(task_id) for task_id in ids]
+        sessions = [
+            [(s.attempt, s.session_id, s.usage, s.outcome) for s in store.sessions(task_id)]
+            for task_id in ids
+        ]
+        changes = [
+            (name[c.task_id], c.state, c.attempt, c.runner) for c in store.transitions(run_id)
+        ]
+        per_task = [[c for c in changes if c[0] == n] for n in sorted(name.values())]
+        return [rows, steps, sessions, per_task]
+
+    assert seen("run-a", batched) == seen("run-b", single)
+    t0_states = [c[1] for c in seen("run-a", batched)[3][0]]
+    assert t0_states == [
+        TaskState.PREPARING, TaskState.RUNNING, TaskState.COLLECTING, TaskState.RUNNING,
+        TaskState.CHANGED,
+    ]  # fmt: skip
+    assert task(store, batched[1]).failure_class is None  # cleared, then not failed again
+    assert store.checkpoints(batched[0])[Step.PREPARED] == {"base_sha": "b"}
+
+
 def test_none_keeps_a_column_and_clear_failure_resets_it(store: Store) -> None:
     (t0,) = create_run(store, n_tasks=1)
     store.apply([TaskUpdate(t0, TaskState.FAILED, failure_class=FailureClass.INFRA, error="x")])
@@ -316,39 +361,151 @@ def test_bundle_upsert_replaces_and_replay_changes_nothing(store: Store, raw: Ra
 # --- run locks ---------------------------------------------------------------------------------
 
 
-def test_run_lock_has_one_holder(store: Store) -> None:
+def take(store: Store, owner: str, ttl_s: float = 60, run_id: str = RUN) -> tuple[str, int]:
+    """acquire_run_lock, as (holder, generation)."""
+    lease = store.acquire_run_lock(run_id, owner, ttl_s)
+    return lease.owner, lease.generation
+
+
+def test_run_lock_has_one_holder_and_each_new_holder_a_new_generation(store: Store) -> None:
     create_run(store)
     create_run(store, "run-0002", 1)
-    assert store.acquire_run_lock(RUN, "driver-a", 60) is None
-    assert store.acquire_run_lock(RUN, "driver-a", 60) is None  # renewal
-    assert store.acquire_run_lock(RUN, "driver-b", 60) == "driver-a"
-    assert store.acquire_run_lock("run-0002", "driver-b", 60) is None  # another run
+    assert store.get_run(RUN).lease is None  # never driven
+    assert take(store, "driver-a") == ("driver-a", 1)
+    assert take(store, "driver-a") == ("driver-a", 1)  # renewal: same generation
+    assert take(store, "driver-b") == ("driver-a", 1)  # refused: the holder is returned
+    assert take(store, "driver-b", run_id="run-0002") == ("driver-b", 1)  # another run
     store.release_run_lock(RUN, "driver-b")  # not the holder: ignored
-    assert store.acquire_run_lock(RUN, "driver-b", 60) == "driver-a"
-    store.release_run_lock(RUN, "driver-a")
-    assert store.acquire_run_lock(RUN, "driver-b", 60) is None
+    assert take(store, "driver-b") == ("driver-a", 1)
+    store.release_run_lock(RUN, "driver-a")  # the row stays, as generation 2, held by nobody
+    released = store.get_run(RUN).lease
+    assert released is not None
+    assert (released.owner, released.generation, released.expired) == ("", 2, True)
+    assert take(store, "driver-b") == ("driver-b", 3)
     store.break_run_lock(RUN)
-    assert store.acquire_run_lock(RUN, "driver-c", 60) is None
+    assert take(store, "driver-c") == ("driver-c", 5)
+    leases = {run.run_id: run.lease for run in store.list_runs()}
+    assert {k: (v.owner, v.generation, v.expired) for k, v in leases.items() if v} == {
+        RUN: ("driver-c", 5, False),
+        "run-0002": ("driver-b", 1, False),
+    }
 
 
 def test_expired_run_lock_is_taken_over_and_renewal_extends_it(store: Store) -> None:
     create_run(store)
-    assert store.acquire_run_lock(RUN, "driver-a", 0) is None  # expires at once
-    assert store.acquire_run_lock(RUN, "driver-b", 60) is None  # so it is taken over
-    assert store.acquire_run_lock(RUN, "driver-a", 60) == "driver-b"
+    assert take(store, "driver-a", 0) == ("driver-a", 1)  # expires at once
+    lease = store.get_run(RUN).lease
+    assert lease is not None and lease.expired
+    assert take(store, "driver-b") == ("driver-b", 2)  # so it is taken over
+    assert take(store, "driver-a") == ("driver-b", 2)
     store.break_run_lock(RUN)
-    assert store.acquire_run_lock(RUN, "driver-a", 0) is None
-    assert store.acquire_run_lock(RUN, "driver-a", 60) is None  # renewed for a minute
-    assert store.acquire_run_lock(RUN, "driver-b", 60) == "driver-a"
+    assert take(store, "driver-a", 0) == ("driver-a", 4)
+    assert take(store, "driver-a") == ("driver-a", 4)  # renewed for a minute, even expired
+    lease = store.get_run(RUN).lease
+    assert lease is not None and not lease.expired
+    assert lease.renewed_at is not None
+    assert lease.expires_at - lease.renewed_at == timedelta(seconds=60)
+    assert take(store, "driver-b") == ("driver-a", 4)
     store.break_run_lock(RUN)
-    assert store.acquire_run_lock(RUN, "driver-a", 0.2) is None
+    assert take(store, "driver-a", 0.2) == ("driver-a", 6)
     time.sleep(0.3)
-    assert store.acquire_run_lock(RUN, "driver-b", 60) is None
+    assert take(store, "driver-b") == ("driver-b", 7)
 
 
 def test_run_lock_of_unknown_run(store: Store) -> None:
     with pytest.raises(UnknownRunError, match="no run 'nope'"):
         store.acquire_run_lock("nope", "driver-a", 60)
+
+
+def test_a_write_under_a_stale_fence_is_refused_and_changes_nothing(store: Store, raw: Raw) -> None:
+    t0, t1, _ = create_run(store)
+    a = store.acquire_run_lock(RUN, "driver-a", 0)  # expires at once
+    store.apply([TaskUpdate(t0, TaskState.RUNNING, attempt=1)], fence=a.fence)
+    store.set_run_status(RUN, RunStatus.RUNNING, fence=a.fence)
+    b = store.acquire_run_lock(RUN, "driver-b", 60)  # takes it over
+    assert (b.owner, b.generation) == ("driver-b", a.generation + 1)
+    before = dump(raw)
+    late = [
+        CheckpointEvent(t1, Step.PREPARED, {"base_sha": "abc"}),
+        TaskUpdate(t1, TaskState.RUNNING),
+    ]
+    with pytest.raises(LeaseLostError) as refused:
+        store.apply(late, fence=a.fence)
+    assert (
+        f"refused a batch of 2 events for run {RUN}: it was sent under lease generation 1, "
+        "but the lease is now generation 2, held by driver-b"
+    ) in str(refused.value)
+    with pytest.raises(LeaseLostError, match="setting its status to finished"):
+        store.set_run_status(RUN, RunStatus.FINISHED, fence=a.fence)
+    with pytest.raises(LeaseLostError, match="requeueing its tasks"):
+        store.requeue_tasks(RUN, [TaskState.RUNNING], fence=a.fence)
+    assert dump(raw) == before
+
+    store.apply(late, fence=b.fence)  # the holder's writes go through
+    assert task(store, t1).state is TaskState.RUNNING
+    assert store.requeue_tasks(RUN, [TaskState.RUNNING], fence=b.fence) == 2
+    store.release_run_lock(RUN, "driver-b")
+    with pytest.raises(LeaseLostError, match="the lease was released since"):
+        store.apply([TaskUpdate(t0, TaskState.RUNNING)], fence=b.fence)
+    assert task(store, t0).state is TaskState.QUEUED
+
+
+def test_the_generation_decides_not_the_clock(store: Store) -> None:
+    """An expired lease that nobody took over is still its holder's: its writes go through
+    (nobody else can have written), and a renewal keeps the generation."""
+    (t0,) = create_run(store, n_tasks=1)
+    a = store.acquire_run_lock(RUN, "driver-a", 0)
+    store.apply([TaskUpdate(t0, TaskState.RUNNING, attempt=3)], fence=a.fence)
+    assert task(store, t0).attempt == 3
+    assert store.acquire_run_lock(RUN, "driver-a", 60).fence == a.fence
+
+
+def test_fenced_writes_need_a_lease_and_the_fences_run(store: Store) -> None:
+    (t0,) = create_run(store, n_tasks=1)
+    (other,) = create_run(store, "run-0002", 1)
+    with pytest.raises(LeaseLostError, match="the run has no lease"):
+        store.apply([TaskUpdate(t0, TaskState.RUNNING)], fence=Fence(RUN, 1))
+    a = store.acquire_run_lock(RUN, "driver-a", 60)
+    with pytest.raises(
+        StoreError, match=f"task '{other}' belongs to run run-0002, not to run {RUN}"
+    ):
+        store.apply(
+            [TaskUpdate(t0, TaskState.RUNNING), TaskUpdate(other, TaskState.RUNNING)], fence=a.fence
+        )
+    assert task(store, t0).state is TaskState.QUEUED  # all or nothing
+
+
+def test_a_takeover_and_a_fenced_writer_race_linearizably(store_url: str, store: Store) -> None:
+    """Driver A writes attempt 1, 2, 3, ... under its fence from its own connection while
+    driver B takes the run over from another: A's writes stop at the first refusal, and
+    what B reads right after taking over is A's last write, never one after it."""
+    (t0,) = create_run(store, n_tasks=1)
+    fence = store.acquire_run_lock(RUN, "driver-a", 0).fence  # expired: B may take it
+    refused_at: list[int] = []
+    writer = open_store(store_url)
+
+    def write() -> None:
+        for attempt in range(1, 100_000):
+            try:
+                writer.apply([TaskUpdate(t0, TaskState.RUNNING, attempt=attempt)], fence=fence)
+            except LeaseLostError:
+                refused_at.append(attempt)
+                return
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while task(store, t0).attempt < 20:  # A is well under way
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.01)
+        assert store.acquire_run_lock(RUN, "driver-b", 60).owner == "driver-b"
+        seen = task(store, t0).attempt
+    finally:
+        thread.join(30)
+        writer.close()
+    assert refused_at == [seen + 1]
+    assert task(store, t0).attempt == seen
 
 
 # --- schema ------------------------------------------------------------------------------------
@@ -421,9 +578,50 @@ def test_migrate_upgrades_a_version_1_store(
         new.close()
     raw = open_raw(store_url)
     try:
-        assert [row["version"] for row in raw.rows("schema_version")] == [1, 2]
+        versions = [row["version"] for row in raw.rows("schema_version")]
+        assert versions == [v for v, _, _ in load_migrations("sqlite")] and versions[:3] == [
+            1,
+            2,
+            3,
+        ]
     finally:
         raw.close()
+
+
+def test_migrate_gives_a_version_2_lease_a_generation(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease taken by an ado-ray before fencing (0003) stays its holder's, as generation
+    0; the next holder gets generation 1."""
+    v2_only = {dialect: load_migrations(dialect)[:2] for dialect in ("sqlite", "postgresql")}
+    for module in (sqlite_module, postgres_module):
+        monkeypatch.setattr(module, "load_migrations", v2_only.__getitem__)
+    old = open_store(store_url)
+    try:
+        old.migrate()
+        create_run(old)
+    finally:
+        old.close()
+    raw = open_raw(store_url)
+    try:  # as the old acquire_run_lock wrote it: the lease runs for a minute
+        expires = (datetime.now(UTC) + timedelta(seconds=60)).isoformat()
+        columns = "run_locks (run_id, owner, expires_at)"
+        raw.execute(f"INSERT INTO {columns} VALUES ('{RUN}', 'old', '{expires}')")
+    finally:
+        raw.close()
+    monkeypatch.undo()
+    new = open_store(store_url)
+    try:
+        new.migrate()
+        lease = new.get_run(RUN).lease
+        assert lease is not None
+        assert (lease.owner, lease.generation, lease.renewed_at) == ("old", 0, None)
+        assert not lease.expired
+        assert take(new, "driver-a") == ("old", 0)  # still one driver per run
+        new.break_run_lock(RUN)
+        assert take(new, "driver-a") == ("driver-a", 2)
+    finally:
+        new.close()
 
 
 def test_deleting_a_run_deletes_all_of_it(store: Store, raw: Raw) -> None:

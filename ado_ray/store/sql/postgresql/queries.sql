@@ -92,15 +92,18 @@ FROM doomed
 WHERE tasks.task_id = doomed.task_id;
 
 -- name: lock_tasks
--- task_ids (text[]): the tasks a batch of events names. Returns those that exist and
--- locks them, in task_id order, until the batch commits: none can be deleted half-way,
--- and two writers of the same tasks queue instead of deadlocking.
-SELECT task_id FROM tasks
+-- task_ids (text[]): the tasks a batch of events names. Returns those that exist (with
+-- their run) and locks them, in task_id order, until the batch commits: none can be
+-- deleted half-way, and two writers of the same tasks queue instead of deadlocking.
+SELECT task_id, run_id FROM tasks
 WHERE task_id = ANY(%(task_ids)s::text[])
 ORDER BY task_id
 FOR NO KEY UPDATE;
 
 -- name: apply_task_update
+-- The one-event forms of apply_task_updates, upsert_checkpoints, upsert_sessions and
+-- upsert_usages (below) and upsert_bundle: apply() uses upsert_bundle only, the baseline of
+-- bench/sink.py all of them; tests check that both forms leave the same rows.
 -- task_id, state, every TaskUpdate column (NULL keeps the current value),
 -- clear_failure (failure_class and error are reset before the new values apply),
 -- terminal (the state is terminal, so lease_owner is cleared).
@@ -186,38 +189,169 @@ ON CONFLICT (task_id) DO UPDATE SET
     created_at = excluded.created_at
 WHERE (bundles.commit_sha, bundles.data) IS DISTINCT FROM (excluded.commit_sha, excluded.data);
 
+-- name: apply_task_updates
+-- updates (a JSON array of objects, each task at most once: task_id, state, every
+-- TaskUpdate column (null keeps the current value), clear_failure, terminal; as in
+-- apply_task_update). One round of a batch (records.plan_batch); the rows are locked
+-- already (lock_tasks). Skips a row that would not change, as apply_task_update does.
+WITH e AS (
+    SELECT * FROM jsonb_to_recordset(%(updates)s::jsonb) AS e (
+        task_id text, state text, attempt integer, base_sha text, branch text,
+        commit_sha text, failure_class text, error text, workspace text, lease_owner text,
+        clear_failure boolean, terminal boolean
+    )
+), new AS (
+    SELECT
+        t.task_id,
+        e.state,
+        coalesce(e.attempt, t.attempt) AS attempt,
+        coalesce(e.base_sha, t.base_sha) AS base_sha,
+        coalesce(e.branch, t.branch) AS branch,
+        coalesce(e.commit_sha, t.commit_sha) AS commit_sha,
+        coalesce(e.failure_class, CASE WHEN e.clear_failure THEN NULL ELSE t.failure_class END)
+            AS failure_class,
+        coalesce(e.error, CASE WHEN e.clear_failure THEN NULL ELSE t.error END) AS error,
+        coalesce(e.workspace, t.workspace) AS workspace,
+        CASE WHEN e.terminal THEN NULL ELSE coalesce(e.lease_owner, t.lease_owner) END
+            AS lease_owner
+    FROM e JOIN tasks AS t ON t.task_id = e.task_id
+    WHERE (t.state, t.attempt, t.base_sha, t.branch, t.commit_sha, t.failure_class, t.error,
+           t.workspace, t.lease_owner)
+        IS DISTINCT FROM (
+            e.state,
+            coalesce(e.attempt, t.attempt),
+            coalesce(e.base_sha, t.base_sha),
+            coalesce(e.branch, t.branch),
+            coalesce(e.commit_sha, t.commit_sha),
+            coalesce(e.failure_class, CASE WHEN e.clear_failure THEN NULL ELSE t.failure_class END),
+            coalesce(e.error, CASE WHEN e.clear_failure THEN NULL ELSE t.error END),
+            coalesce(e.workspace, t.workspace),
+            CASE WHEN e.terminal THEN NULL ELSE coalesce(e.lease_owner, t.lease_owner) END
+        )
+)
+UPDATE tasks
+SET state = new.state,
+    attempt = new.attempt,
+    base_sha = new.base_sha,
+    branch = new.branch,
+    commit_sha = new.commit_sha,
+    failure_class = new.failure_class,
+    error = new.error,
+    workspace = new.workspace,
+    lease_owner = new.lease_owner,
+    updated_at = now()
+FROM new
+WHERE tasks.task_id = new.task_id;
+
+-- name: upsert_checkpoints
+-- checkpoints (a JSON array of objects task_id, step, data; each (task_id, step) at most
+-- once): upsert_checkpoint for many.
+INSERT INTO checkpoints (task_id, step, data, created_at)
+SELECT task_id, step, data, now()
+FROM jsonb_to_recordset(%(checkpoints)s::jsonb) AS e (task_id text, step text, data jsonb)
+ON CONFLICT (task_id, step) DO UPDATE SET data = excluded.data;
+
+-- name: upsert_sessions
+-- sessions (a JSON array of SessionEvent objects; each (task_id, attempt) at most once):
+-- upsert_session for many.
+INSERT INTO sessions (
+    task_id, attempt, agent, session_id, exit_code, duration_s, log_path, usage, outcome,
+    created_at
+)
+SELECT task_id, attempt, agent, session_id, exit_code, duration_s, log_path, usage, outcome,
+       now()
+FROM jsonb_to_recordset(%(sessions)s::jsonb) AS e (
+    task_id text, attempt integer, agent text, session_id text, exit_code integer,
+    duration_s double precision, log_path text, usage jsonb, outcome text
+)
+ON CONFLICT (task_id, attempt) DO UPDATE SET
+    agent = excluded.agent,
+    session_id = excluded.session_id,
+    exit_code = excluded.exit_code,
+    duration_s = excluded.duration_s,
+    log_path = excluded.log_path,
+    usage = excluded.usage,
+    outcome = excluded.outcome;
+
+-- name: upsert_usages
+-- usage (a JSON array of UsageEvent objects; each (task_id, attempt, key) at most once):
+-- upsert_usage for many.
+INSERT INTO usage_records (
+    task_id, attempt, key, input_tokens, output_tokens, cost_usd, created_at
+)
+SELECT task_id, attempt, key, input_tokens, output_tokens, cost_usd, now()
+FROM jsonb_to_recordset(%(usage)s::jsonb) AS e (
+    task_id text, attempt integer, key text, input_tokens bigint, output_tokens bigint,
+    cost_usd double precision
+)
+ON CONFLICT (task_id, attempt, key) DO UPDATE SET
+    input_tokens = excluded.input_tokens,
+    output_tokens = excluded.output_tokens,
+    cost_usd = excluded.cost_usd;
+
 -- name: checkpoints
 -- task_id
-SELECT step, data FROM checkpoints WHERE task_id = %(task_id)s;
+SELECT task_id, step, data FROM checkpoints WHERE task_id = %(task_id)s;
 
 -- name: sessions
 -- task_id
 SELECT * FROM sessions WHERE task_id = %(task_id)s ORDER BY attempt;
+
+-- name: transitions
+-- run_id; every change of state of the run's tasks, in the order they were written.
+SELECT task_id, state, attempt, runner, at FROM task_transitions
+WHERE run_id = %(run_id)s ORDER BY seq;
 
 -- name: bundle
 -- task_id
 SELECT commit_sha, data FROM bundles WHERE task_id = %(task_id)s;
 
 -- name: acquire_run_lock
--- run_id, owner, ttl_s (seconds). Inserts the lease, or takes it over when it
--- is already this owner's (renewal) or has expired by the server's clock; otherwise leaves
--- it alone and returns no row (the conflicting row is locked all the same, so the caller
--- reads its holder with run_lock_owner in the same transaction). An unknown run fails the
--- foreign key.
-INSERT INTO run_locks (run_id, owner, expires_at)
-VALUES (%(run_id)s, %(owner)s, now() + make_interval(secs => %(ttl_s)s::double precision))
-ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+-- run_id, owner, ttl_s (seconds). Inserts the lease (generation 1), or takes it over when
+-- it is already this owner's (renewal: same generation) or has expired by the server's
+-- clock (another holder: generation + 1); otherwise leaves it alone and returns no row (the
+-- conflicting row is locked all the same, so the caller reads it with run_leases in the
+-- same transaction). An unknown run fails the foreign key. (SET expressions see the row as
+-- it was before the update.)
+INSERT INTO run_locks (run_id, owner, expires_at, generation, renewed_at)
+VALUES (
+    %(run_id)s, %(owner)s, now() + make_interval(secs => %(ttl_s)s::double precision), 1, now()
+)
+ON CONFLICT (run_id) DO UPDATE SET
+    generation = CASE
+        WHEN run_locks.owner = excluded.owner THEN run_locks.generation
+        ELSE run_locks.generation + 1
+    END,
+    owner = excluded.owner,
+    expires_at = excluded.expires_at,
+    renewed_at = excluded.renewed_at
 WHERE run_locks.owner = excluded.owner OR run_locks.expires_at <= now()
-RETURNING owner;
+RETURNING run_id, owner, generation, renewed_at, expires_at, expires_at <= now() AS expired;
 
--- name: run_lock_owner
--- run_id
-SELECT owner FROM run_locks WHERE run_id = %(run_id)s;
+-- name: run_leases
+-- run_ids (text[]); one row per run that has a lease row, `expired` by the server's clock.
+SELECT run_id, owner, generation, renewed_at, expires_at, expires_at <= now() AS expired
+FROM run_locks
+WHERE run_id = ANY(%(run_ids)s::text[]);
+
+-- name: fence_lease
+-- run_id. The lease row a fenced write checks, locked FOR SHARE until the write commits:
+-- a takeover (acquire_run_lock, release_run_lock) waits for the write, and a write that
+-- comes while a takeover is in progress waits for it and then reads the new generation.
+-- Taken before any other lock of the write (tasks, runs), in every fenced write.
+SELECT run_id, owner, generation, renewed_at, expires_at, expires_at <= now() AS expired
+FROM run_locks
+WHERE run_id = %(run_id)s
+FOR SHARE;
 
 -- name: release_run_lock
--- run_id, owner; someone else's lease is left alone.
-DELETE FROM run_locks WHERE run_id = %(run_id)s AND owner = %(owner)s;
+-- run_id, owner. Ends the owner's lease: the row stays, with owner '', expired, and the
+-- next generation, so writes fenced with the old one are refused from now on. Someone
+-- else's lease is left alone.
+UPDATE run_locks SET owner = '', generation = generation + 1, expires_at = now()
+WHERE run_id = %(run_id)s AND owner = %(owner)s AND owner <> '';
 
 -- name: break_run_lock
--- run_id
-DELETE FROM run_locks WHERE run_id = %(run_id)s;
+-- run_id. As release_run_lock, whoever the owner.
+UPDATE run_locks SET owner = '', generation = generation + 1, expires_at = now()
+WHERE run_id = %(run_id)s AND owner <> '';

@@ -152,33 +152,58 @@ WHERE (bundles.commit_sha, bundles.data) IS NOT (excluded.commit_sha, excluded.d
 
 -- name: checkpoints
 -- :task_id
-SELECT step, data FROM checkpoints WHERE task_id = :task_id;
+SELECT task_id, step, data FROM checkpoints WHERE task_id = :task_id;
 
 -- name: sessions
 -- :task_id
 SELECT * FROM sessions WHERE task_id = :task_id ORDER BY attempt;
+
+-- name: transitions
+-- :run_id; every change of state of the run's tasks, in the order they were written.
+SELECT task_id, state, attempt, runner, at FROM task_transitions
+WHERE run_id = :run_id ORDER BY seq;
 
 -- name: bundle
 -- :task_id
 SELECT commit_sha, data FROM bundles WHERE task_id = :task_id;
 
 -- name: acquire_run_lock
--- :run_id, :owner, :expires_at, :now. Inserts the lease, or takes it over when it is
--- already this owner's (renewal) or has expired; otherwise leaves it alone. The caller
--- then reads the holder with run_lock_owner, in the same transaction.
-INSERT INTO run_locks (run_id, owner, expires_at)
-VALUES (:run_id, :owner, :expires_at)
-ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+-- :run_id, :owner, :expires_at, :now. Inserts the lease (generation 1), or takes it over when
+-- it is already this owner's (renewal: same generation) or has expired (another holder:
+-- generation + 1); otherwise leaves it alone. The caller then reads it with run_leases, in
+-- the same transaction. (SET expressions see the row as it was before the update.)
+INSERT INTO run_locks (run_id, owner, expires_at, generation, renewed_at)
+VALUES (:run_id, :owner, :expires_at, 1, :now)
+ON CONFLICT (run_id) DO UPDATE SET
+    generation = CASE
+        WHEN run_locks.owner = excluded.owner THEN run_locks.generation
+        ELSE run_locks.generation + 1
+    END,
+    owner = excluded.owner,
+    expires_at = excluded.expires_at,
+    renewed_at = excluded.renewed_at
 WHERE run_locks.owner = excluded.owner OR run_locks.expires_at <= :now;
 
--- name: run_lock_owner
--- :run_id
-SELECT owner FROM run_locks WHERE run_id = :run_id;
+-- name: run_leases
+-- :run_ids (JSON array), :now; one row per run that has a lease row. `expired` is 0/1.
+SELECT run_id, owner, generation, renewed_at, expires_at, expires_at <= :now AS expired
+FROM run_locks
+WHERE run_id IN (SELECT value FROM json_each(:run_ids));
+
+-- name: foreign_tasks
+-- :task_ids (JSON array), :run_id: one task of the list that belongs to another run, if any.
+SELECT task_id, run_id FROM tasks
+WHERE task_id IN (SELECT value FROM json_each(:task_ids)) AND run_id != :run_id
+LIMIT 1;
 
 -- name: release_run_lock
--- :run_id, :owner; someone else's lease is left alone.
-DELETE FROM run_locks WHERE run_id = :run_id AND owner = :owner;
+-- :run_id, :owner, :now. Ends the owner's lease: the row stays, with owner '', expired, and
+-- the next generation, so writes fenced with the old one are refused from now on.
+-- Someone else's lease is left alone.
+UPDATE run_locks SET owner = '', generation = generation + 1, expires_at = :now
+WHERE run_id = :run_id AND owner = :owner AND owner != '';
 
 -- name: break_run_lock
--- :run_id
-DELETE FROM run_locks WHERE run_id = :run_id;
+-- :run_id, :now. As release_run_lock, whoever the owner.
+UPDATE run_locks SET owner = '', generation = generation + 1, expires_at = :now
+WHERE run_id = :run_id AND owner != '';
