@@ -20,6 +20,21 @@ GIT_ENV = {
 }
 
 
+# An agent for tests that stop a run mid-task: logs "start <repo>" to $ADO_VAR_LOG, waits
+# for the gate file (argv[2]), edits the checkout, logs "end <repo>" (argv[1]: the repo).
+GATED = """
+import os, sys, time
+def note(what):
+    with open(os.environ["ADO_VAR_LOG"], "a") as f:
+        f.write(f"{what} {sys.argv[1]}\\n")
+note("start")
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+open("change.txt", "w").write(sys.argv[1])
+note("end")
+"""
+
+
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args],

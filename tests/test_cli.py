@@ -1,4 +1,7 @@
-"""The `ado` command run for real, in subprocesses: exit codes, kill -9, Ctrl-C, locks.
+"""The `ado` command run for real, in subprocesses: exit codes, crash points, Ctrl-C, locks.
+
+A crash point (`ADO_TEST_CRASH_AFTER`, ado_ray/testing.py) kills the driver (`--no-ray`) or
+a runner with SIGKILL right after a task's durable step: deterministic, no sleeping.
 
 Drivers join the session's Ray instance (`--ray-address`) to skip a Ray start-up each.
 """
@@ -7,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,22 +22,38 @@ from typing import Any
 
 import pytest
 
+from ado_ray.models import TaskState
+from ado_ray.testing import CRASH_ENV, STEPS
 from tests.conftest import git
 
 pytestmark = pytest.mark.e2e
 ADO = [sys.executable, "-m", "ado_ray"]
 
 
-def ado(
-    tmp_path: Path, *args: str, check: bool = False, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    env = {
+def ado_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
         **os.environ,
         "ADO_STATE": str(tmp_path / "state.db"),
         "ADO_WORK_ROOT": str(tmp_path / "work"),
+        **(extra or {}),
     }
+
+
+def ado(
+    tmp_path: Path,
+    *args: str,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [*ADO, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, **kwargs
+        [*ADO, *args],
+        cwd=tmp_path,
+        env=ado_env(tmp_path, env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        **kwargs,
     )
     if check and proc.returncode:
         raise AssertionError(
@@ -43,15 +63,10 @@ def ado(
 
 
 def spawn(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "ADO_STATE": str(tmp_path / "state.db"),
-        "ADO_WORK_ROOT": str(tmp_path / "work"),
-    }
     return subprocess.Popen(
         [*ADO, *args],
         cwd=tmp_path,
-        env=env,
+        env=ado_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -173,60 +188,91 @@ def _fleet(tmp_path: Path, make_repo: Callable[..., Path], count: int) -> list[P
     return repos
 
 
-def test_kill_9_then_resume_gives_exactly_one_commit_and_reruns_no_finished_agent(
+# Logs its repository's name, then edits the checkout.
+EDIT = """
+import os, sys
+open(os.environ["ADO_VAR_LOG"], "a").write(sys.argv[1] + "\\n")
+open("change.txt", "w").write(sys.argv[1])
+"""
+
+
+def _crash_fleet(
+    tmp_path: Path, make_repo: Callable[..., Path], script: Callable[[str, str], str]
+) -> tuple[list[Path], str]:
+    """Three repositories (run one at a time: the crash at the second's step finds the first
+    finished and the third not started) and the --cmd of the logging agent."""
+    repos = _fleet(tmp_path, make_repo, 3)
+    return repos, script("edit", EDIT) + " {repo_name}"
+
+
+def _agent_runs(tmp_path: Path) -> list[str]:
+    log = tmp_path / "agent-runs.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def _one_commit_each(repos: list[Path], branch: str) -> None:
+    for repo in repos:
+        assert len(git(repo, "rev-list", f"main..{branch}").split()) == 1, repo
+        assert git(repo, "show", f"{branch}:change.txt") == repo.name
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["same-node", "work-root-gone"])
+@pytest.mark.parametrize("step", STEPS)
+def test_a_driver_killed_at_each_step_resumes_to_one_commit_and_no_agent_rerun(
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+    script: Callable[[str, str], str],
+    step: str,
+    moved: bool,
+) -> None:
+    repos, cmd = _crash_fleet(tmp_path, make_repo, script)
+    first = ado(
+        tmp_path,
+        *("batch", "repos.txt", "--no-ray", "--parallel", "1", "--name", "cp", "--cmd", cmd),
+        env={CRASH_ENV: f"{step}:2"},
+    )
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    states = [s for (s,) in db_rows(tmp_path, "select state from tasks order by seq")]
+    assert states[0] == "changed" and not TaskState(states[1]).terminal and states[2] == "queued"
+    reached = {
+        s for (s,) in db_rows(tmp_path, "select step from checkpoints where task_id like '%-00002'")
+    }
+    assert reached == set(STEPS[: STEPS.index(step) + 1])
+    if moved:  # resume as another node would: no checkout, no clone cache
+        shutil.rmtree(tmp_path / "work")
+
+    run_id = db_rows(tmp_path, "select run_id from runs")[0][0]
+    proc = ado(tmp_path, "resume", run_id, "--no-ray")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _one_commit_each(repos, "ado/cp")
+    # Only edits that existed nowhere else are paid for again: the agent's, before the commit
+    # (with it) was stored, on a node that is gone.
+    again = moved and step == "agent_done"
+    assert _agent_runs(tmp_path) == (["k0", "k1", "k1", "k2"] if again else ["k0", "k1", "k2"])
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_runner_killed_at_each_step_is_replaced_and_the_run_finishes(
     ray_address: str,
     tmp_path: Path,
     make_repo: Callable[..., Path],
     script: Callable[[str, str], str],
+    step: str,
 ) -> None:
-    repos = _fleet(tmp_path, make_repo, 8)
-    cmd, _ = slow_agent(tmp_path, script, 0.7)
-    driver = spawn(
-        tmp_path,
-        "batch",
-        "repos.txt",
-        "--parallel",
-        "3",
-        "--name",
-        "k9",
-        "--ray-address",
-        ray_address,
-        "--cmd",
-        cmd,
-    )
-    wait_for(
-        lambda: (
-            (tmp_path / "state.db").exists()
-            and bool(db_rows(tmp_path, "select 1 from tasks where state='changed'"))
-        )
-    )
-    time.sleep(0.4)  # land somewhere in the middle of other tasks
-    driver.send_signal(signal.SIGKILL)
-    driver.communicate()
-    done_before = {
-        row[0]
-        for row in db_rows(
-            tmp_path,
-            "select t.repo_key from checkpoints c join tasks t using (task_id)"
-            " where c.step='agent_done'",
-        )
-    }
-    assert 0 < len(done_before) < 8
-
+    repos, cmd = _crash_fleet(tmp_path, make_repo, script)
     proc = ado(
         tmp_path,
-        "resume",
-        db_rows(tmp_path, "select run_id from runs")[0][0],
-        "--ray-address",
-        ray_address,
+        *("batch", "repos.txt", "--json", "--parallel", "1", "--name", "cp", "--cmd", cmd),
+        *("--ray-address", ray_address),
+        env={CRASH_ENV: f"{step}:2"},  # reaches the runners through their runtime_env
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    runs = (tmp_path / "agent-runs.log").read_text().split()
-    for repo in repos:
-        assert len(git(repo, "rev-list", "main..ado/k9").split()) == 1, repo
-        assert git(repo, "show", "ado/k9:change.txt") == repo.name
-    for key in done_before:
-        assert runs.count(Path(key).name) == 1, f"{key} ran its agent again after agent_done"
+    assert "lost: ActorDiedError; its tasks go back to the queue" in proc.stderr
+    assert json.loads(proc.stdout)["counts"] == {"changed": 3}
+    _one_commit_each(repos, "ado/cp")
+    assert sorted(_agent_runs(tmp_path)) == ["k0", "k1", "k2"]  # no agent ran twice
+    # The crashed task and the one waiting behind it on that runner spent no extra attempt.
+    assert db_rows(tmp_path, "select attempt from tasks") == [(1,), (1,), (1,)]
 
 
 def test_ctrl_c_stops_and_the_run_resumes(

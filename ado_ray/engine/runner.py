@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ado_ray.agents import Agent, make_agent
+from ado_ray.engine import workspace as ws
 from ado_ray.engine.spec import Emit, RunContext, TaskSpec
-from ado_ray.engine.task import execute
+from ado_ray.engine.task import execute, tidy_workspace
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.models import Event, TaskOutcome, TaskState, TaskUpdate
 
@@ -41,6 +42,10 @@ class RemoteEmitter:
     durable call, which sends everything before it). One send at a time, so the sink
     receives them in the order they were emitted (Ray does not order an async actor's
     calls that were not awaited).
+
+    An agent's start (the `running` update, with its attempt number) travels at once: if
+    this runner is lost, the driver reads from the store whether the task's agent had
+    started, and so whether the loss cost the task an attempt (engine/requeue.py).
     """
 
     def __init__(self, sink: Any, delay_s: float = 0.1) -> None:
@@ -53,6 +58,8 @@ class RemoteEmitter:
         self.buffer.extend(events)
         if durable:
             await self.send(True)
+        elif any(isinstance(e, TaskUpdate) and e.state is TaskState.RUNNING for e in events):
+            await self.send(False)
         elif self.flusher is None:
             self.flusher = asyncio.ensure_future(self.flush_later())
 
@@ -115,7 +122,10 @@ class AgentRunner:
             )
             self._active[spec.task_id] = inner
             try:
-                return await inner
+                outcome = await inner
+                task_dir = ws.task_dir(self.ctx.work_root, self.ctx.run_id, spec.task_id)
+                await asyncio.to_thread(tidy_workspace, self.ctx, task_dir, outcome.state)
+                return outcome
             except asyncio.CancelledError:
                 if not self._draining:
                     raise

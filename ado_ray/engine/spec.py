@@ -15,6 +15,7 @@ from ado_ray.engine.agent_run import Session
 from ado_ray.forge.config import ForgeSettings, PublishSettings
 from ado_ray.limits.base import LimitSpec
 from ado_ray.models import Event, RepoSpec, Step
+from ado_ray.store.base import Fence
 
 Emit = Callable[[Sequence[Event], bool], Awaitable[None]]
 
@@ -32,6 +33,7 @@ class RunContext:
     prompt: str | None
     dry_run: bool
     max_attempts: int
+    keep_workspaces: bool = False  # else a finished task's checkout is removed (see task.py)
     limits: dict[str, LimitSpec] = field(default_factory=dict)
     limit_wait_timeout_s: float | None = None
     routes: list[Route] = field(default_factory=list)
@@ -41,6 +43,8 @@ class RunContext:
     forges: dict[str, ForgeSettings] = field(default_factory=dict)  # host[:port] -> settings
     # host[:port] -> token, read from each forge's `token_env` by the driver (never stored)
     tokens: dict[str, SecretStr] = field(default_factory=dict)
+    # the run lease's generation the driver holds: every write of the run's sink carries it
+    fence: Fence | None = None
 
     @property
     def cache_root(self) -> Path:
@@ -58,3 +62,4 @@ class TaskSpec:
     session: Session | None = None  # an interrupted agent session to continue
     recorded_attempts: int = 0  # the highest agent attempt the store has a session row for
     bundle: bytes | None = None  # the stored commit, for a task past `committed` (publish)
+    failures: int = 0  # attempts of --max-attempts already spent in this run (a lost runner's)
