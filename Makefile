@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install servers agents forge-schemas lint test test-fast bench demo clean
+.PHONY: install servers agents forge-schemas browser lint test test-fast bench demo clean
 
 install: $(VENV)/.installed
 
@@ -26,24 +26,29 @@ agents:
 forge-schemas:
 	@bash .ci/forge-schemas.sh
 
+# Headless Chromium (apt), which opens the HTML report in its rendering test.
+browser:
+	@bash .ci/browser.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
-test: lint servers agents forge-schemas
+test: lint servers agents forge-schemas browser
 	$(BIN)/pytest
 
 test-fast: install
 	$(BIN)/pytest -m "not integration and not e2e"
 
-bench: install servers
+bench: install servers forge-schemas
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/sink.py
 	$(BIN)/python bench/limiter.py
+	$(BIN)/python bench/forge.py
 
 demo: install
 	$(BIN)/python examples/demo.py
