@@ -17,6 +17,7 @@ from ado_ray.cluster.spec import ClusterSpec, NodeSpec
 Obj = dict[str, Any]
 
 GCS_PORT, DASHBOARD_PORT, CLIENT_PORT = 6379, 8265, 10001
+METRICS_PORT = 8080  # every node's Ray metrics agent (Prometheus text), head and workers
 CONFIG_DIR, CONFIG_KEY = "/etc/ado-ray", "autoscaler.yaml"
 # The work volume: HOME and the working directory, so ado's default work root (`.ado/work`,
 # relative to the working directory or, in a Ray job, to HOME) is on it, at the same absolute
@@ -139,6 +140,7 @@ def head_command(spec: ClusterSpec) -> list[str]:
         f"--ray-client-server-port={CLIENT_PORT}",
         "--num-cpus=0",  # runners and tasks go to the workers; ado's own actors ask for none
         *ray_sizes(spec.head),
+        f"--metrics-export-port={METRICS_PORT}",
         f"--autoscaling-config={CONFIG_DIR}/{CONFIG_KEY}",
         "--disable-usage-stats",
     ]
@@ -159,6 +161,7 @@ def worker_command(spec: ClusterSpec, node: NodeSpec) -> list[str]:
         "--block",
         f"--num-cpus={spec.runners_per_worker}",
         *ray_sizes(node),
+        f"--metrics-export-port={METRICS_PORT}",
         "--disable-usage-stats",
     ]
 
@@ -186,6 +189,7 @@ def worker_pod(spec: ClusterSpec, node: NodeSpec) -> Obj:
                     "command": worker_command(spec, node),
                     "workingDir": WORK_DIR,
                     "env": ray_env(spec),
+                    "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
                     "resources": node_resources(node),
                     "securityContext": CONTAINER_SECURITY,
                     "volumeMounts": mounts,
@@ -302,6 +306,7 @@ def head(spec: ClusterSpec) -> list[Obj]:
             {"name": "gcs", "containerPort": GCS_PORT},
             {"name": "dashboard", "containerPort": DASHBOARD_PORT},
             {"name": "client", "containerPort": CLIENT_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
         ],
         "readinessProbe": {
             "httpGet": {"path": "/api/gcs_healthz", "port": "dashboard"},

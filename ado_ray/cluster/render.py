@@ -5,7 +5,9 @@
 - `cluster/k8s.yaml`: the Ray autoscaler config (`ray start --head --autoscaling-config`);
 - `deploy/base/`: the namespace, RBAC, the autoscaler config's ConfigMap, the head's
   Deployment and Service, the network policies;
-- `deploy/overlays/dev/`, `deploy/overlays/prod/`: what `overlays.py` adds.
+- `deploy/overlays/dev/`, `deploy/overlays/prod/`: what `overlays.py` adds;
+- `deploy/monitoring/`: the PodMonitor, its network policy and the Grafana dashboard
+  (`monitoring.py`, `grafana.py`), applied on their own.
 
 The worker pods are not objects here: the autoscaler creates them through
 `ado_ray.cluster.node_provider` from the worker type's `node_config` (a Pod manifest).
@@ -19,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ado_ray.cluster import objects, overlays
+from ado_ray.cluster import grafana, monitoring, objects, overlays
 from ado_ray.cluster.objects import HEAD_TYPE, WORKER_TYPE, Obj
 from ado_ray.cluster.spec import ClusterSpec, NodeSpec
 
@@ -105,7 +107,9 @@ class Rendered:
         return [
             doc
             for path, text in sorted(self.files.items())
-            if path.startswith(prefix) and not path.endswith("kustomization.yaml")
+            if path.startswith(prefix)
+            and path.endswith(".yaml")
+            and not path.endswith("kustomization.yaml")
             for doc in yaml.safe_load_all(text)
             if doc is not None
         ]
@@ -149,6 +153,11 @@ def render(spec: ClusterSpec) -> Rendered:
         )
         for name, docs in {**resources, **patches}.items():
             files[f"{root}/{name}"] = HEADER + to_yaml(*docs)
+    root = "deploy/monitoring"
+    files[f"{root}/kustomization.yaml"] = HEADER + to_yaml(monitoring.kustomization(spec))
+    for name, docs in monitoring.documents(spec).items():
+        files[f"{root}/{name}"] = HEADER + to_yaml(*docs)
+    files[f"{root}/{monitoring.DASHBOARD_FILE}"] = grafana.dashboard_json()  # JSON: no header
     return Rendered(files)
 
 

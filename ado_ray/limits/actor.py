@@ -24,6 +24,7 @@ from collections import Counter
 from types import TracebackType
 from typing import Any
 
+from ado_ray import metrics
 from ado_ray.errors import ConfigError
 from ado_ray.limits.base import (
     Denied,
@@ -89,8 +90,10 @@ class RateLimiterService:
         self._specs[check_key(key)] = spec
         self._waiting[key] += 1
         try:
-            return await limiter.acquire(
-                key, spec, tokens=tokens, lease_ttl_s=lease_ttl_s, timeout_s=timeout_s
+            return metrics.admitted(
+                await limiter.acquire(
+                    key, spec, tokens=tokens, lease_ttl_s=lease_ttl_s, timeout_s=timeout_s
+                )
             )
         finally:
             self._waiting[key] -= 1
@@ -104,7 +107,7 @@ class RateLimiterService:
         result: Grant | Denied = await self._call(
             "try_acquire", key, spec, tokens=tokens, lease_ttl_s=lease_ttl_s
         )
-        return result
+        return metrics.admitted(result)
 
     async def renew(self, grant: Grant, lease_ttl_s: float) -> bool:
         return bool(await self._call("renew", grant, lease_ttl_s))
@@ -117,6 +120,7 @@ class RateLimiterService:
 
     async def report_limited(self, key: str, reset_at: float) -> None:
         await self._call("report_limited", key, reset_at)
+        metrics.cooldown(key)
 
     async def snapshot(self, limits: dict[str, LimitSpec] | None = None) -> list[dict[str, Any]]:
         """Every key of `limits`, and every other key acquired here, as the backend sees it:
@@ -434,6 +438,7 @@ class Hold:
             )
         finally:
             self.grant_wait_s = time.monotonic() - started
+        metrics.limit_wait(self.key, self.grant_wait_s)
         if self.grant.lease_id is not None:
             self._heartbeat = asyncio.create_task(
                 self._renew_forever(self.grant), name=f"ado-lease-{self.key}"

@@ -97,7 +97,7 @@ def test_stale_names_changed_missing_and_leftover_files(tmp_path: Path) -> None:
 
 
 def test_every_file_says_it_is_generated_and_is_plain_yaml() -> None:
-    for text in DEFAULT.files.values():
+    for text in (t for p, t in DEFAULT.files.items() if p.endswith(".yaml")):  # JSON: test_grafana
         assert text.startswith(HEADER)
         assert not re.search(r"[&*]id\d", text)  # no YAML anchors or aliases
 
