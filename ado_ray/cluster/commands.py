@@ -1,4 +1,5 @@
-"""`ado cluster ...`: render, apply, inspect and remove a cluster; or one on this machine."""
+"""`ado cluster ...`: render, apply, inspect and remove a cluster; or one on this machine.
+`ado dashboard`: where the Ray dashboard is, and how to pass it the token."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import click
 
 from ado_ray.cli_options import F, handle_errors, option
+from ado_ray.cluster.local import LOCAL_CLUSTER_DIR, LOCAL_HEAD_DIR
+from ado_ray.errors import UsageError
 
 
 @click.group()
@@ -94,9 +97,6 @@ def _cluster(
     return spec, settings
 
 
-LOCAL_CLUSTER_DIR = Path(".ado/cluster")
-
-
 def local_option(func: F) -> F:
     return option(
         "--local",
@@ -146,6 +146,9 @@ def cluster_up(
     from ado_ray.cluster.node_provider import api_client_for
 
     if local:
+        import os
+
+        from ado_ray.cluster.dashboard import token_hint
         from ado_ray.cluster.local import start_local_cluster
 
         started = start_local_cluster(LOCAL_CLUSTER_DIR, max_workers, idle_minutes)
@@ -153,6 +156,8 @@ def cluster_up(
             f"a local autoscaling Ray cluster runs at {started.address} "
             f"(dashboard {started.dashboard_url})"
         )
+        if started.client_env.get("RAY_AUTH_MODE") == "token":
+            click.echo(token_hint(os.environ))
         click.echo(
             "runners must ask for CPUs to make it grow; in ado.yaml: ray: {runner_num_cpus: 1}"
         )
@@ -226,3 +231,76 @@ def cluster_status(as_json: bool, local: bool, **params: Any) -> None:
     click.echo(f"head: {ready}")
     for worker in seen["workers"]:
         click.echo(f"worker {worker['name']}: {worker['phase']}")
+
+
+@click.command("dashboard")
+@option(
+    "--token",
+    "print_token",
+    is_flag=True,
+    env="ADO_DASHBOARD_PRINT_TOKEN",
+    help="Print the Ray token, for the dashboard's prompt, and nothing else.",
+)
+@option(
+    "--stop",
+    is_flag=True,
+    env="ADO_DASHBOARD_STOP",
+    help=f"Stop the local Ray instance `ado batch --keep-dashboard` kept up ({LOCAL_HEAD_DIR}).",
+)
+@option(
+    "--dashboard-url",
+    env="ADO_RAY_DASHBOARD",
+    help="A cluster's dashboard, http://host:8265 [default: ray.dashboard_url, else this "
+    "machine's].",
+)
+@option(
+    "--config",
+    "config_file",
+    env="ADO_CONFIG",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file (default: ./ado.yaml if present).",
+)
+@option("--context", env="ADO_CONTEXT", help="Deployment context from the config, e.g. k8s.")
+@click.pass_context
+@handle_errors
+def dashboard(ctx: click.Context, print_token: bool, stop: bool, **params: Any) -> None:
+    """Print the Ray dashboard's URL (a cluster's, or this machine's) and where its token is.
+
+    The dashboard asks for the token once: paste it into its prompt, and the browser keeps it
+    as a cookie for 30 days. Exit 1 if no dashboard answers.
+    """
+    import os
+
+    from ado_ray import api
+    from ado_ray.cli import _sources
+    from ado_ray.cluster import dashboard as dashboards
+    from ado_ray.cluster.ray_auth import load_token
+
+    if print_token:
+        token = load_token(os.environ)
+        if token is None:
+            raise UsageError(dashboards.token_hint(os.environ))
+        click.echo(token)  # asked for: the one place ado shows it
+        return
+    if stop:
+        stopped = dashboards.stop_kept()
+        click.echo(
+            f"stopped the local Ray instance kept up in {LOCAL_HEAD_DIR} ({stopped.dashboard_url})"
+            if stopped
+            else f"no local Ray instance is kept up in {LOCAL_HEAD_DIR}"
+        )
+        return
+    url = api.load_config(_sources(ctx, params)).ray.dashboard_url
+    answered = 0
+    for found in dashboards.find(url):
+        answers, mode = dashboards.probe(found.url)
+        if not answers:
+            if not url:  # a configured one: said below
+                click.echo(f"Ray dashboard: {found.url} ({found.what}) does not answer", err=True)
+            continue
+        answered += 1
+        for line in dashboards.describe(found, mode, os.environ):
+            click.echo(line)
+    if not answered:
+        click.echo(dashboards.none_running(url), err=True)
+        sys.exit(1)

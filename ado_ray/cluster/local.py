@@ -7,6 +7,8 @@ raylet on this machine, started when tasks or actors wait for CPUs and stopped a
 `idle_minutes` without work. `ado batch --ray-address ADDRESS` with `ray.runner_num_cpus > 0`
 then makes it grow and, once idle, shrink, exactly as a cloud cluster would; this is what
 `ado cluster up --local` offers, and what tests/cluster/test_autoscaling.py checks.
+`start_local_head` starts a plain head (CPUs of its own, no autoscaler) the same way, for
+`ado batch --keep-dashboard`: its dashboard stays up after the run (cluster/dashboard.py).
 
 The cluster gets free ports and its own Ray temp directory, so other Ray instances on the
 machine are left alone; `stop()` ends only this cluster's processes (its `ray start` process
@@ -46,6 +48,8 @@ OBJECT_STORE_BYTES = 128 * 1024**2  # per node; ado-ray passes little through th
 STATE_FILE = "cluster.json"
 LOG_FILE = "ray-start.log"
 CONFIG_FILE = "autoscaler.yaml"
+LOCAL_CLUSTER_DIR = Path(".ado/cluster")  # `ado cluster up --local`
+LOCAL_HEAD_DIR = Path(".ado/ray")  # `ado batch --keep-dashboard`
 
 
 # Starts `ray start` (argv[2:]) in a session of its own, output to the file argv[1]; prints
@@ -163,7 +167,7 @@ class LocalCluster:
         if ours:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
-            _wait(lambda: _alive(self.pid), time.monotonic() + timeout_s)
+            _wait(lambda: process_alive(self.pid), time.monotonic() + timeout_s)
         members = _session_members(self.pid)
         if ours or any(str(self.temp_dir) in _cmdline(pid) for pid in members):
             for sig, grace_s in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
@@ -207,6 +211,46 @@ def start_local_cluster(
         )
     if idle_minutes < 0:
         raise UsageError(f"idle_minutes={idle_minutes}; expected 0 or more")
+    workdir = _free_workdir(workdir)
+    ports = _free_ports(3)
+    config_path = workdir / CONFIG_FILE
+    config_path.write_text(
+        yaml.safe_dump(
+            autoscaler_config(max_workers, idle_minutes, worker_cpus, f"127.0.0.1:{ports[0]}"),
+            sort_keys=False,
+        ),
+        encoding="utf-8",
+    )
+    return _launch(
+        workdir,
+        ports,
+        [
+            "--num-cpus=0",  # runners never fit here: they wait for worker nodes
+            f"--autoscaling-config={config_path}",
+        ],
+        {
+            "RAY_FAKE_CLUSTER": "1",  # lets FakeMultiNodeProvider load, and names the head node
+            "AUTOSCALER_UPDATE_INTERVAL_S": "1",  # react within a second (Ray's default is 5)
+        },
+        timeout_s,
+    )
+
+
+def start_local_head(
+    workdir: Path, num_cpus: int | None = None, *, timeout_s: float = 90.0
+) -> LocalCluster:
+    """Start a plain Ray head on this machine (`num_cpus`, default all) with its dashboard,
+    which outlives this process: what `ado batch --keep-dashboard` runs on. Raises as
+    `start_local_cluster` does."""
+    if num_cpus is not None and num_cpus < 1:
+        raise UsageError(f"num_cpus={num_cpus}; expected at least 1")
+    workdir = _free_workdir(workdir)
+    cpus = [] if num_cpus is None else [f"--num-cpus={num_cpus}"]
+    return _launch(workdir, _free_ports(3), cpus, {}, timeout_s)
+
+
+def _free_workdir(workdir: Path) -> Path:
+    """`workdir`, absolute and created; refused if a cluster started from it still runs."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     existing = LocalCluster.load(workdir)
@@ -215,17 +259,19 @@ def start_local_cluster(
             f"a local Ray cluster from {workdir} is already running at {existing.address}; "
             "stop it first"
         )
+    return workdir
 
-    gcs_port, dashboard_port, client_port = _free_ports(3)
-    gcs_address = f"127.0.0.1:{gcs_port}"
-    config_path = workdir / CONFIG_FILE
-    config_path.write_text(
-        yaml.safe_dump(
-            autoscaler_config(max_workers, idle_minutes, worker_cpus, gcs_address),
-            sort_keys=False,
-        ),
-        encoding="utf-8",
-    )
+
+def _launch(
+    workdir: Path,
+    ports: list[int],
+    head_args: list[str],
+    head_env: dict[str, str],
+    timeout_s: float,
+) -> LocalCluster:
+    """`ray start --head --block` on `ports` (GCS, dashboard, Ray client), detached from this
+    process, in a temp dir of its own; returns once GCS and dashboard answer."""
+    gcs_port, dashboard_port, client_port = ports
     # Unix socket paths must stay under ~107 characters: a short temp dir, not workdir.
     temp_dir = Path(
         tempfile.mkdtemp(prefix="ado-ray-", dir="/tmp" if Path("/tmp").is_dir() else None)
@@ -234,8 +280,7 @@ def start_local_cluster(
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(client_env)
     env.update(
-        RAY_FAKE_CLUSTER="1",  # lets FakeMultiNodeProvider load, and names the head node
-        AUTOSCALER_UPDATE_INTERVAL_S="1",  # react within a second (Ray's default is 5)
+        head_env,
         RAY_USAGE_STATS_ENABLED="0",
         # On SIGTERM, Ray 2.60 drains the head for up to 30 s, waiting for actors such as
         # the detached rate limiter to leave: nothing here outlives the cluster anyway.
@@ -251,14 +296,14 @@ def start_local_cluster(
         "--head",
         "--block",
         f"--port={gcs_port}",
-        "--num-cpus=0",  # runners never fit here: they wait for worker nodes
+        *head_args,
         f"--object-store-memory={OBJECT_STORE_BYTES}",
         "--include-dashboard=true",  # the state API (ray list actors ...) lives there
+        "--dashboard-host=127.0.0.1",  # this machine only
         f"--dashboard-port={dashboard_port}",
         f"--ray-client-server-port={client_port}",
         "--dashboard-agent-listen-port=0",  # not Ray's fixed default: other instances use it
         f"--temp-dir={temp_dir}",
-        f"--autoscaling-config={config_path}",
         "--disable-usage-stats",
     ]
     # Through a launcher that exits at once: `ray start` is nobody's child here, so the
@@ -278,7 +323,7 @@ def start_local_cluster(
         raise LocalClusterError(f"could not start `ray start`: {launcher.stderr.strip()[-2000:]}")
     cluster = LocalCluster(
         workdir=workdir,
-        address=gcs_address,
+        address=f"127.0.0.1:{gcs_port}",
         dashboard_url=f"http://127.0.0.1:{dashboard_port}",
         pid=int(launcher.stdout),
         temp_dir=temp_dir,
@@ -338,7 +383,7 @@ def _wait_until_up(pid: int, ports: list[int], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     waiting = list(ports)
     while waiting:
-        if not _alive(pid):
+        if not process_alive(pid):
             raise LocalClusterError("`ray start` exited")
         if time.monotonic() > deadline:
             raise LocalClusterError(f"Ray did not answer on ports {waiting} in {timeout_s:.0f} s")
@@ -364,7 +409,7 @@ def _stat(pid: int) -> list[str] | None:
     return text.rsplit(")", 1)[-1].split()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     fields = _stat(pid)
     if fields is not None:
         return fields[0] not in {"Z", "X"}
@@ -386,7 +431,7 @@ def _cmdline(pid: int) -> str:
 
 def _is_our_leader(pid: int, temp_dir: Path) -> bool:
     """`pid` is still this cluster's `ray start` (not a recycled pid)."""
-    if not _alive(pid):
+    if not process_alive(pid):
         return False
     if not Path("/proc").is_dir():
         return True  # nothing to check it against: trust the state file

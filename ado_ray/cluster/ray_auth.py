@@ -80,6 +80,21 @@ def load_token(env: Mapping[str, str], home: Path | None = None) -> str | None:
         return None
 
 
+def token_source(env: Mapping[str, str], home: Path | None = None) -> str | None:
+    """Where `load_token` finds the token, to name in a hint (the token itself never is):
+    `RAY_AUTH_TOKEN`, the file `RAY_AUTH_TOKEN_PATH` names, or ~/.ray/auth_token."""
+    if env.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    if env.get("RAY_AUTH_TOKEN_PATH"):
+        return f"{env['RAY_AUTH_TOKEN_PATH']} (RAY_AUTH_TOKEN_PATH)"
+    default = (home / ".ray" / "auth_token") if home else DEFAULT_TOKEN_PATH.expanduser()
+    try:
+        found = bool(default.read_text(encoding="utf-8").strip())
+    except OSError:
+        return None
+    return (str(default) if home else str(DEFAULT_TOKEN_PATH)) if found else None
+
+
 def token_refused(url: str, exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (
