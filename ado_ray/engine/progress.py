@@ -1,25 +1,39 @@
-"""Progress of a run: a live display on a terminal, plain lines anywhere else.
+"""Progress of a run: a live panel on a terminal, plain lines anywhere else.
 
 The driver calls `start`, then `task_started` / `task_done` as tasks come and go, `update`
 with the store's counts per state about once a second, `note` for anything the user must
-know now (an interruption, an unreachable store), and `stop`.
+know now (an interruption, an unreachable store), and `stop` with the final tasks.
+`attach(store)` before the run (api.py does it) lets the display read the run's board
+from the store once a second in a thread of its own (panel.py: each task's state, so
+"running" means agents running, how long each has been at it, the ETA); `close()` ends
+that thread, whatever way the run ended.
+
+Counts are the store's, with the outcomes the driver hears of first-hand laid over them
+until the store's next read has them too, so they always add up to the total.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from typing import IO, Any
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import IO
 
-from rich.console import Console, Group
+from rich.console import Console, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
+from ado_ray.engine import panel
+from ado_ray.engine.panel import Board, BoardReader
 from ado_ray.engine.spec import TaskSpec
-from ado_ray.models import TaskOutcome, TaskState
-from ado_ray.store import RunRecord, TaskRecord
+from ado_ray.errors import StoreError
+from ado_ray.models import RunStatus, TaskOutcome, TaskState
+from ado_ray.store import RunRecord, Store, TaskRecord
 
 STATE_ORDER = [state.value for state in TaskState]
+POLL_S = 1.0
 
 
 class Progress:
@@ -28,19 +42,38 @@ class Progress:
     def __init__(self) -> None:
         self.total = 0
         self.finished = 0  # terminal before or during this session
-        self.finished_here = 0  # during this session (for the ETA)
-        self.counts: dict[str, int] = {}
-        self.inflight: dict[str, str] = {}  # task id → repo name
+        self.finished_here = 0  # during this session
+        self.inflight: dict[str, str] = {}  # task id → repo name, handed to the backend
         self.started_at = time.monotonic()
+        self.store: Store | None = None
+        self.board: Board | None = None
+        self.board_read_at = 0.0  # monotonic time the board's read began
+        self.heard: dict[str, tuple[TaskState, str | None, float]] = {}  # outcomes first-hand
+        self.store_counts: dict[str, int] | None = None  # from `update`, without a store
+        self.lock = threading.Lock()
+        self.closing = threading.Event()
+        self.poller: threading.Thread | None = None
+        self.reader: BoardReader | None = None
+
+    def attach(self, store: Store) -> None:
+        """Read the run's board from `store` while it runs (from `start` to `close`)."""
+        self.store = store
 
     def start(self, run: RunRecord, tasks: list[TaskRecord]) -> None:
         self.run = run
         self.total = len(tasks)
         self.finished = sum(1 for t in tasks if t.state.terminal)
-        self.counts = {}
-        for task in tasks:
-            self.counts[task.state.value] = self.counts.get(task.state.value, 0) + 1
         self.started_at = time.monotonic()
+        now = datetime.now(UTC)
+        rows = [panel.task_row(task, [], now) for task in tasks]
+        with self.lock:  # the driver has just set the run running
+            self.board = Board(replace(run, status=RunStatus.RUNNING), rows, now)
+            self.board_read_at = time.monotonic()
+        if self.store is not None and self.poller is None:
+            self.reader = BoardReader(self.store, run.run_id, recent=0)
+            self.closing.clear()
+            self.poller = threading.Thread(target=self._poll, name="ado-progress", daemon=True)
+            self.poller.start()
 
     def task_started(self, spec: TaskSpec) -> None:
         self.inflight[spec.task_id] = spec.repo.name
@@ -50,35 +83,107 @@ class Progress:
         if outcome.state.terminal:
             self.finished += 1
             self.finished_here += 1
+        with self.lock:
+            self.heard[outcome.task_id] = (outcome.state, result(outcome), time.monotonic())
         self.show_outcome(name, outcome)
 
     def update(self, counts: dict[str, int]) -> None:
-        self.counts = counts
+        self.store_counts = counts
+
+    def view(self) -> Board:
+        """The board as last read, with what the driver heard since laid over it."""
+        with self.lock:
+            board = self.board
+            assert board is not None, "start() first"
+            newer = {
+                task_id: (state, text)
+                for task_id, (state, text, at) in self.heard.items()
+                if at >= self.board_read_at
+            }
+        board = replace(board, now=datetime.now(UTC))
+        return board.with_outcomes(newer)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        if self.reader is None and self.store_counts is not None:
+            return self.store_counts
+        return self.view().counts
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started_at
 
     def eta_s(self) -> float | None:
-        if not self.finished_here:
-            return None
-        elapsed = time.monotonic() - self.started_at
-        return elapsed / self.finished_here * (self.total - self.finished)
+        board = self.view()
+        eta = board.eta_s()
+        if eta is None and self.finished_here and board.done < board.total:
+            # Before the store has durations (or without one): this session's rate.
+            return self.elapsed_s() / self.finished_here * (board.total - board.done)
+        return eta
 
     def summary(self) -> str:
-        parts = [f"{state} {self.counts[state]}" for state in STATE_ORDER if self.counts.get(state)]
+        board = self.view()
+        counts = self.counts
+        done = sum(n for state, n in counts.items() if TaskState(state).terminal)
+        text = f"{done}/{self.total} done · elapsed {panel.duration(self.elapsed_s())}"
         eta = self.eta_s()
-        eta_text = (
-            f", eta {_duration(eta)}" if eta is not None and self.finished < self.total else ""
-        )
-        return f"{self.finished}/{self.total} done{eta_text} · " + ", ".join(parts)
+        if eta is not None and done < self.total and board.run.status is RunStatus.RUNNING:
+            text += f", eta {panel.duration(eta)}"
+        return text + " · " + panel.counts_text(counts)
+
+    def close(self) -> None:
+        """End the store reads (idempotent); the run is over, however it ended."""
+        self.closing.set()
+        if self.poller is not None:
+            self.poller.join(timeout=10)
+            self.poller = None
+
+    def final_board(self, tasks: list[TaskRecord]) -> Board:
+        """The run's board at its end: from the store, else from `tasks`."""
+        self.close()
+        if self.reader is not None:
+            with contextlib.suppress(StoreError):  # unreachable: what we know is shown
+                board = self.reader.read(final=True)
+                with self.lock:
+                    self.board, self.board_read_at = board, time.monotonic()
+                return self.view()
+        now = datetime.now(UTC)
+        rows = [panel.task_row(task, [], now) for task in tasks]
+        with self.lock:
+            known = {
+                task_id: text for task_id, (state, text, _) in self.heard.items() if state.terminal
+            }
+        rows = [replace(row, result=known.get(row.task_id)) for row in rows]
+        ended = all(task.state.terminal for task in tasks)
+        status = RunStatus.FINISHED if ended else RunStatus.INTERRUPTED
+        return Board(replace(self.run, status=status), rows, now)
+
+    def _poll(self) -> None:
+        assert self.reader is not None
+        while not self.closing.is_set():
+            began = time.monotonic()
+            try:
+                board = self.reader.read()
+            except StoreError:
+                board = None  # the driver's notes say so; keep showing the last board
+            if board is not None and not self.closing.is_set():
+                with self.lock:
+                    self.board, self.board_read_at = board, began
+                self.refresh()
+            self.closing.wait(POLL_S)
 
     # rendering hooks
     def show_outcome(self, name: str, outcome: TaskOutcome) -> None: ...
 
     def note(self, message: str) -> None: ...
 
+    def refresh(self) -> None: ...
+
     def stop(self, tasks: list[TaskRecord]) -> None: ...
 
 
 class LineProgress(Progress):
-    """One line per finished task and a summary every `every_s` seconds; for logs and CI."""
+    """One line per finished task, a summary every `every_s` seconds, a table at the end;
+    for logs and CI."""
 
     def __init__(self, stream: IO[str], every_s: float = 10.0) -> None:
         super().__init__()
@@ -99,67 +204,86 @@ class LineProgress(Progress):
         self._print(message)
 
     def stop(self, tasks: list[TaskRecord]) -> None:
-        self.start(self.run, tasks)
+        board = self.final_board(tasks)
+        self.store_counts = board.counts
         self._print(self.summary())
+        Console(file=self.stream, width=160, no_color=True).print(panel.final_table(board))
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 
 
 class LiveProgress(Progress):
-    """A rich live panel: counts per state, ETA, the repositories in flight."""
+    """A rich live panel (counts per state, elapsed, ETA, the repositories in flight with
+    their phase), a line above it per finished repository, and a table at the end."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], console: Console | None = None) -> None:
         super().__init__()
-        self.console = Console(file=stream)
-        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
-        self.notes: list[str] = []
+        self.console = console or Console(file=stream)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True)
+        self.live_on = False
 
     def start(self, run: RunRecord, tasks: list[TaskRecord]) -> None:
         super().start(run, tasks)
         self.live.update(self._render())
         self.live.start()
+        self.live_on = True
 
     def show_outcome(self, name: str, outcome: TaskOutcome) -> None:
-        if outcome.state is TaskState.FAILED:
-            self.console.print(Text(describe(name, outcome), style="red"))
-        self.live.update(self._render())
+        style = _STYLE.get(outcome.state, "")
+        self.console.print(Text(f"[{self.finished}/{self.total}] {describe(name, outcome)}", style))
+        self.refresh()
 
     def update(self, counts: dict[str, int]) -> None:
         super().update(counts)
-        self.live.update(self._render())
+        self.refresh()
 
     def note(self, message: str) -> None:
-        self.notes = [*self.notes[-2:], message]
-        self.live.update(self._render())
+        self.console.print(Text(message, style="yellow"))
+
+    def refresh(self) -> None:
+        if self.live_on:
+            self.live.update(self._render(), refresh=True)  # at once: agrees with the lines above
 
     def stop(self, tasks: list[TaskRecord]) -> None:
-        super().start(self.run, tasks)
-        self.inflight.clear()
-        self.live.update(self._render())
-        self.live.stop()
+        board = self.final_board(tasks)  # closes: the live panel goes, the final one stays
+        self.console.print(Text(panel.header(board, elapsed_s=self.elapsed_s()), style="bold"))
+        self.console.print(panel.final_table(board))
 
-    def _render(self) -> Any:
-        table = Table.grid(padding=(0, 2))
-        for state in STATE_ORDER:
-            if self.counts.get(state):
-                table.add_row(state, str(self.counts[state]))
-        names = list(self.inflight.values())
-        flight = ", ".join(names[:8]) + (f" … +{len(names) - 8}" if len(names) > 8 else "")
-        lines: list[Any] = [
-            Text(f"ado {self.run.name} ({self.run.run_id}) · {self.summary()}", style="bold"),
-            table,
-        ]
-        if flight:
-            lines.append(Text(f"in flight: {flight}", style="dim"))
-        lines.extend(Text(note, style="yellow") for note in self.notes)
-        return Group(*lines)
+    def close(self) -> None:
+        super().close()
+        if self.live_on:  # the run ended without `stop` (an error): leave the terminal sane
+            self.live_on = False
+            self.live.stop()
+
+    def _render(self) -> RenderableType:
+        board = self.view()
+        queued = {row.task_id for row in board.rows if row.state is TaskState.QUEUED}
+        waiting = sum(1 for task_id in list(self.inflight) if task_id in queued)
+        notes = [f"{waiting} queued at the runners, waiting for a slot"] if waiting else []
+        return panel.render(board, elapsed_s=self.elapsed_s(), notes=notes)
+
+
+_STYLE = {TaskState.FAILED: "red", TaskState.CHANGED: "green", TaskState.SKIPPED: "yellow"}
+
+
+def result(outcome: TaskOutcome) -> str | None:
+    """What the driver knows of a finished task's result (the store knows its PR)."""
+    if outcome.state is TaskState.CHANGED:
+        return f"pushed {outcome.branch}" if outcome.pushed_to else f"{outcome.branch}, not pushed"
+    if outcome.error:
+        prefix = f"{outcome.failure_class.value}: " if outcome.failure_class else ""
+        return prefix + outcome.error
+    return None
 
 
 def describe(name: str, outcome: TaskOutcome) -> str:
+    """`changed   billing 3f2a1bc0d4 on ado/x (not pushed)`, `failed    web — agent: ...`."""
     text = f"{outcome.state.value:<9} {name}"
     if outcome.commit_sha:
         text += f" {outcome.commit_sha[:10]} on {outcome.branch}"
+        if outcome.state is TaskState.CHANGED and not outcome.pushed_to:
+            text += " (not pushed)"
     if outcome.error:
         prefix = f"{outcome.failure_class.value}: " if outcome.failure_class else ""
         text += f" — {prefix}{outcome.error}"
@@ -168,12 +292,3 @@ def describe(name: str, outcome: TaskOutcome) -> str:
 
 def make_progress(stream: IO[str]) -> Progress:
     return LiveProgress(stream) if stream.isatty() else LineProgress(stream)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
