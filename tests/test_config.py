@@ -80,7 +80,10 @@ def test_contexts_builtin_kubernetes_needs_its_urls(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("parallel: 0\n", "parallel: Input should be greater than or equal to 1"),
-        ("agent: {timeout: 5}\n", "agent.timeout: Extra inputs are not permitted"),
+        (
+            "agent: {timeout: 5}\n",
+            "ado.yaml:1: unknown key `agent.timeout`; did you mean `timeout_s`?",
+        ),
         ("limits: {command: {requests: ['5 per minute']}}\n", "limits"),
         ("limiter: {backend: etcd}\n", "unknown limiter backend 'etcd'"),
         ("- a list\n", "expected a mapping"),
@@ -136,3 +139,37 @@ def test_ado_limits_shows_every_configured_key(tmp_path: Path) -> None:
     assert rows["command"]["concurrency"] == {"limit": 3, "active": 0, "leases": []}
     text = CliRunner().invoke(main, ["limits", "--config", str(tmp_path / "ado.yaml")])
     assert "command" in text.output and "0/5 per 2s, 0/1000 per 1d, holders 0/3" in text.output
+
+
+def test_unknown_keys_name_their_line_and_the_nearest_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "providers:\n  claude:\n    agent: claude\n    modes:\n      - name: sub\n"
+        "        prioirty: 2\nzzz: 1\nagent:\n  env: {ANY_NAME: x}\n"
+        "contexts:\n  big: {paralel: 2}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        build_config(path, env={}, context="big")
+    lines = str(info.value).splitlines()
+    assert lines[0] == (
+        f"{path}:6: unknown key `providers.claude.modes.0.prioirty`; did you mean `priority`?"
+    )
+    assert lines[1].startswith(f"{path}:7: unknown key `zzz`; expected a key of the top level: ")
+    assert "parallel, " in lines[1] and lines[1].endswith(", contexts")
+    assert lines[2] == f"{path}:11: unknown key `paralel`; did you mean `parallel`?"
+    assert len(lines) == 3  # agent.env is a free mapping: any name is a key
+
+
+def test_a_bad_value_from_a_flag_is_not_blamed_on_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: fine\n")
+    with pytest.raises(ConfigError) as info:
+        build_config(path, {"name": "not a slug"}, env={})
+    assert str(info.value).startswith("the command line or environment (a flag or ADO_* variable)")
+    with pytest.raises(ConfigError, match=r"ado\.yaml:1: name: Value error, 'bad name'"):
+        build_config(write(tmp_path, "name: bad name\n"), env={})
+
+
+def test_an_unknown_context_suggests_the_nearest(tmp_path: Path) -> None:
+    path = write(tmp_path, "contexts: {staging: {}}\n")
+    with pytest.raises(ConfigError, match=r"unknown context 'stagign'; did you mean 'staging'\?"):
+        build_config(path, env={}, context="stagign")

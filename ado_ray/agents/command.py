@@ -17,7 +17,9 @@ repository's line. `{{` and `}}` are literal braces. The same values reach the p
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import string
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -25,10 +27,13 @@ from pathlib import Path
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
 from ado_ray.agents.common import last_line
 from ado_ray.config import AgentSettings
+from ado_ray.config_errors import closest
 from ado_ray.errors import UsageError
 from ado_ray.models import FailureClass, ProcessExit, RepoSpec
 
-BUILTIN_PLACEHOLDERS = frozenset({"repo_path", "repo_name", "prompt_file", "run_id"})
+BUILTIN_ORDER = ("repo_path", "repo_name", "prompt_file", "run_id")
+BUILTIN_PLACEHOLDERS = frozenset(BUILTIN_ORDER)
+MAX_REPORTED = 20  # lines named in one error
 CONVERSIONS = {None: lambda value: value, "s": lambda value: value, "q": shlex.quote}
 _FORMATTER = string.Formatter()
 
@@ -87,6 +92,76 @@ def split_template(cmd: str) -> list[str]:
     return words
 
 
+def resolve_program(word: str, cwd: Path, search_path: str, check: bool, relative: bool) -> str:
+    """The program word of a template, as the agents will run it. The program runs inside
+    each checkout (its working directory), so a path with a `/` in it (`./fix.sh`,
+    `tools/fix`) is taken from `cwd`, the directory ado was started in, and made absolute
+    here; a bare name (`python`) is looked up on `search_path`, the agents' PATH, when it
+    runs. With `check` (the agents run on this machine) either must be there now; without
+    `relative` (they run elsewhere, as a Ray job) a relative path is refused. A program
+    with a placeholder in it (`{repo_path}/gradlew`) is left for each task."""
+    if next(_placeholders(word), None) is not None:
+        return word
+    program = os.path.expanduser(expand(word, {}))
+    inside = "{repo_path}/" + program.removeprefix("./")
+    if "/" not in program:
+        if check and shutil.which(program, path=search_path) is None:
+            here = (cwd / program).is_file()
+            raise UsageError(
+                f"--cmd: the program {program!r} is not on the agents' PATH ({search_path}); "
+                "expected a program on PATH"
+                + (
+                    f", an absolute path, or ./{program} for the file here"
+                    if here
+                    else " or a path"
+                )
+                + " (the command runs inside each checkout, without a shell)"
+            )
+        return word
+    path = Path(os.path.normpath(cwd / program))
+    if not Path(program).is_absolute() and not relative:
+        raise UsageError(
+            f"--cmd: the program {program!r} is a relative path, and the agents run on the "
+            f"cluster, inside each checkout; expected an absolute path the cluster's nodes "
+            f"see (e.g. {path}), or {inside} for a program inside each repository"
+        )
+    if check and (problem := _not_runnable(path)):
+        if Path(program).is_absolute():
+            raise UsageError(f"--cmd: the program {path}: {problem}; expected an executable file")
+        raise UsageError(
+            f"--cmd: the program {program!r} is {path}, and {problem}: the command runs inside "
+            "each checkout, so a relative path is taken from the directory ado was started "
+            f"in, {cwd}; expected an executable file there, or {inside} for a program inside "
+            "each repository"
+        )
+    return str(path).replace("{", "{{").replace("}", "}}")
+
+
+def _not_runnable(path: Path) -> str | None:
+    if not path.exists():
+        return "it does not exist"
+    if path.is_dir():
+        return "it is a directory"
+    if not os.access(path, os.X_OK):
+        return f"it is not executable (chmod +x it, or run it with its interpreter: bash {path})"
+    return None
+
+
+def unknown_placeholder(field: str, defined: list[str], repos: list[RepoSpec], source: str) -> str:
+    """`{field}` is neither built in nor set on any line: said once, with the nearest
+    valid names and all of them."""
+    near = closest(field, [*BUILTIN_ORDER, *defined])
+    hint = "; did you mean " + " or ".join(f"{{{key}}}" for key in near) + "?" if near else ""
+    own = ", ".join(f"{{{key}}}" for key in defined) or "none set"
+    example = f", e.g. {source}:{repos[0].line}: {repos[0].url}" if repos else ""
+    return (
+        f"--cmd: unknown placeholder {{{field}}}{hint or ';'} expected one of "
+        f"{', '.join(f'{{{key}}}' for key in BUILTIN_ORDER)} or a key=value variable of "
+        f"{source} ({own}); for a variable of your own, put {field}=VALUE on every line "
+        f"(no line of {source} sets it{example})"
+    )
+
+
 class CommandAgent:
     name = "command"
     signals_limits = False  # a plain command never reports a provider's rate limit
@@ -103,19 +178,45 @@ class CommandAgent:
         return self.name
 
     def check_repos(self, repos: Iterable[RepoSpec], source: str) -> None:
-        """Fail before anything starts if a placeholder has no value for some repository."""
+        """Fail before anything starts if a placeholder has no value for some repository:
+        one message for a placeholder no line sets (with the nearest valid names), one per
+        line (at most `MAX_REPORTED`) for a variable that only some lines set."""
+        repos = list(repos)
         needed = _fields(self.words) - BUILTIN_PLACEHOLDERS
         for field in sorted(needed):
             if not field.isidentifier():
                 raise UsageError(f"--cmd: '{{{field}}}' is not a placeholder; expected a name")
+        defined = sorted({key for repo in repos for key in repo.vars})
         problems = [
-            f"{source}:{repo.line}: {repo.url} has no {', '.join(sorted(missing))}; "
-            "expected key=value on its line for every placeholder in --cmd"
-            for repo in repos
-            if (missing := needed - repo.vars.keys())
+            unknown_placeholder(field, defined, repos, source)
+            for field in sorted(needed - set(defined))
         ]
+        lacking = [
+            (repo, missing)
+            for repo in repos
+            if (missing := sorted((needed & set(defined)) - repo.vars.keys()))
+        ]
+        problems += [
+            f"{source}:{repo.line}: {repo.url} has no {', '.join(missing)}; expected "
+            f"{' '.join(f'{key}=VALUE' for key in missing)} on its line, as --cmd uses "
+            + ", ".join(f"{{{key}}}" for key in missing)
+            for repo, missing in lacking[:MAX_REPORTED]
+        ]
+        if len(lacking) > MAX_REPORTED:
+            problems.append(f"... and {len(lacking) - MAX_REPORTED} more lines of {source}")
         if problems:
             raise UsageError("\n".join(problems))
+
+    def resolve_program(
+        self, cwd: Path, search_path: str, *, check: bool, relative: bool
+    ) -> str | None:
+        """The template with its program made absolute, where it was written as a relative
+        path (None: the template stays as it is); see `resolve_program`."""
+        program = resolve_program(self.words[0], cwd, search_path, check, relative)
+        if program == self.words[0]:
+            return None
+        self.words[0] = program
+        return shlex.join(self.words)
 
     def invocation(self, ctx: AgentContext) -> Invocation:
         values = {
