@@ -3,6 +3,7 @@
 # (.agents/node_modules/.bin), never globally. Needs node and npm (Debian: nodejs, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash .ci/aider.sh  # Aider is a Python program: a virtualenv of its own, .agents/aider
 PINS=(@anthropic-ai/claude-code@2.1.332 @openai/codex@0.171.0 @google/gemini-cli@0.61.0)
 stamp=".agents/.pins"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${PINS[*]}" ]; then

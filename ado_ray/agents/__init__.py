@@ -13,6 +13,7 @@ AGENTS: dict[str, str] = {
     "claude": "ado_ray.agents.claude:ClaudeAgent",
     "codex": "ado_ray.agents.codex:CodexAgent",
     "gemini": "ado_ray.agents.gemini:GeminiAgent",
+    "aider": "ado_ray.agents.aider:AiderAgent",
 }
 
 

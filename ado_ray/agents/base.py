@@ -7,6 +7,7 @@ into an `Invocation` (argv, extra environment), and a finished process into an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,10 @@ class AgentContext:
 class Invocation:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)  # added to the allow-listed environment
+    # Asked with the stdout and stderr logs' paths at every poll while the agent runs (on
+    # the event loop: read only what is new); True stops the agent as a timeout would, and
+    # `parse` says why. For a CLI that would sit out a provider's limit in its own backoff.
+    stop_when: Callable[[Path, Path], bool] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,42 @@
-"""A stub of the OpenAI Responses API, enough for `codex exec` to run offline.
+"""A stub of the OpenAI API, enough for `codex exec` and `aider` to run offline.
 
-`OpenAIStub()` serves `POST /v1/responses` (`stream: true`, server-sent events) on a free
-port of 127.0.0.1 from a background thread; `url` is the base URL a client is given
+`OpenAIStub()` serves, on a free port of 127.0.0.1 from a background thread, `POST
+/v1/responses` (the Responses API, `stream: true`, server-sent events: Codex) and `POST
+/v1/chat/completions` (Chat Completions, plain JSON or, with `stream: true`, server-sent
+chunks: Aider, through LiteLLM); `url` is the base URL a client is given
 (`http://127.0.0.1:<port>/v1`). Each instance has its own port, so several run at once.
 
-The script, decided from each request's `input` (so that a resumed thread works too):
+The Responses script, decided from each request's `input` (so that a resumed thread works
+too):
 - the last item is a tool's output: answer with the final message "done";
 - the last user message mentions `hello.txt`: call the shell tool the client offers
   (`exec_command`, or the older `shell`) with `command` (default `printf hi > hello.txt`);
 - anything else: answer with the message "ok".
 Every completed response reports `usage` of `input_tokens` / `output_tokens` (100 / 5).
 
+The Chat Completions script, from the last user message: one that mentions `hello.txt`
+gets `edit` (default: `hello.txt` = "hi" in Aider's "whole" edit format, a path line and
+the whole file fenced), anything else "ok". `usage` reports `prompt_tokens` /
+`completion_tokens` (the same `input_tokens` / `output_tokens`), with `cached_tokens` in
+`prompt_tokens_details`.
+
 `behaviour` (changeable at any time) is what the next requests get:
 - "ok": the script above;
 - "429": `429 Too Many Requests` with an OpenAI error body, plus `retry-after: <s>` when
-  `retry_after` is set;
+  `retry_after` is set (and then, from Chat Completions, a message that says "Please try
+  again in <s>s.", as the real API's do);
 - "500": `500 Internal Server Error`;
 - "overloaded": `503 Service Unavailable`, the API's "server is overloaded" error;
-- "429-stream": `200`, then a `response.failed` event with the API's rate-limit error,
-  whose message says "Please try again in <retry_after, default 20>s" (as the real API
-  does mid-stream);
+- "429-stream" (Responses only): `200`, then a `response.failed` event with the API's
+  rate-limit error, whose message says "Please try again in <retry_after, default 20>s"
+  (as the real API does mid-stream);
 - "hang": the request is read, then never answered (until `stop()`).
+`queue` holds behaviours for the next model calls, one each, before `behaviour` applies
+again: `stub.queue = ["429"]` answers one call with a 429, then as `behaviour` says.
 
 `requests` records every request (method, path, headers, JSON body); `request_count`
-counts the model calls (`POST .../responses`). `cached_tokens` / `cache_write_tokens` are
-reported as parts of `input_tokens`, as the API does.
+counts the model calls (`POST .../responses` and `.../chat/completions`). `cached_tokens` /
+`cache_write_tokens` are reported as parts of `input_tokens`, as the API does.
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ from types import TracebackType
 from typing import Any, Literal
 
 Behaviour = Literal["ok", "429", "500", "overloaded", "429-stream", "hang"]
+MODEL_PATHS = ("/responses", "/chat/completions")
+LATER = "Please try again later."
 
 ERRORS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "429": (
@@ -106,6 +120,8 @@ class OpenAIStub:
         self.cached_tokens = cached_tokens  # of input_tokens: read from the prompt cache
         self.cache_write_tokens = cache_write_tokens  # of input_tokens: written to it
         self.command = "printf hi > hello.txt"
+        self.edit = "hello.txt\n```\nhi\n```\n"  # a chat completion's answer: Aider's "whole"
+        self.queue: list[Behaviour] = []
         self.requests: list[Request] = []
         self._ids = _Counter()
         self._released = threading.Event()  # set on stop(): hanging requests end
@@ -161,7 +177,12 @@ class OpenAIStub:
 
     @property
     def request_count(self) -> int:
-        return sum(1 for r in self.requests if r.method == "POST" and r.path.endswith("/responses"))
+        return sum(1 for r in self.requests if r.method == "POST" and r.path.endswith(MODEL_PATHS))
+
+    def next_behaviour(self) -> Behaviour:
+        """What the model call being answered gets: the queue's first, else `behaviour`."""
+        with self._ids.lock:
+            return self.queue.pop(0) if self.queue else self.behaviour
 
     # --- the script ------------------------------------------------------------------------
 
@@ -211,6 +232,34 @@ class OpenAIStub:
             ("response.failed", {"response": failed}),
         ]
 
+    def chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The answer to one `POST /chat/completions` in the "ok" behaviour."""
+        n = self._ids.next()
+        users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+        last = _chat_text(users[-1]) if users else ""
+        return {
+            "id": f"chatcmpl-{n}",
+            "object": "chat.completion",
+            "created": 1_700_000_000 + n,
+            "model": body.get("model", "gpt-fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": self.edit if "hello.txt" in last else "ok",
+                    },
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": self.input_tokens,
+                "completion_tokens": self.output_tokens,
+                "total_tokens": self.input_tokens + self.output_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            },
+        }
+
     def _next_item(self, body: dict[str, Any], n: int) -> dict[str, Any]:
         items = body.get("input") or []
         last = items[-1] if items else {}
@@ -231,6 +280,30 @@ def _text(item: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     return " ".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
+
+
+def _chat_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return " ".join(part.get("text", "") for part in content or [] if isinstance(part, dict))
+
+
+def _chunks(completion: dict[str, Any]) -> Iterator[bytes]:
+    """A chat completion as the server-sent chunks of `stream: true`, usage in the last."""
+    head = {k: completion[k] for k in ("id", "created", "model")}
+    head["object"] = "chat.completion.chunk"
+    message = completion["choices"][0]["message"]
+    deltas = [
+        {"role": "assistant", "content": ""},
+        {"content": message["content"]},
+    ]
+    for delta in deltas:
+        chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    yield f"data: {json.dumps({**last, 'usage': completion['usage']})}\n\n".encode()
+    yield b"data: [DONE]\n\n"
 
 
 def _message(n: int, text: str) -> dict[str, Any]:
@@ -303,10 +376,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self._record()
         owner = self.owner
-        if not self.path.endswith("/responses") or not isinstance(body, dict):
+        if not self.path.endswith(MODEL_PATHS) or not isinstance(body, dict):
             self._send(404, b'{"error":{"message":"not found"}}', "application/json")
             return
-        behaviour = owner.behaviour
+        behaviour = owner.next_behaviour()
         if behaviour == "hang":
             owner._released.wait()
             self.close_connection = True
@@ -316,8 +389,19 @@ class _Handler(BaseHTTPRequestHandler):
             extra = {}
             if owner.retry_after is not None:
                 extra["retry_after"] = f"{owner.retry_after:g}"
+                if behaviour == "429" and self.path.endswith("/chat/completions"):
+                    wait = f"Please try again in {owner.retry_after:g}s."
+                    error = {**error, "message": error["message"].replace(LATER, wait)}
             payload = json.dumps({"error": {"param": None, **error}}).encode()
             self._send(status, payload, "application/json", x_request_id="req_stub", **extra)
+            return
+        if self.path.endswith("/chat/completions"):
+            completion = owner.chat_completion(body)
+            if body.get("stream"):
+                stream = b"".join(_chunks(completion))
+                self._send(200, stream, "text/event-stream", cache_control="no-cache")
+            else:
+                self._send(200, json.dumps(completion).encode(), "application/json")
             return
         events = owner.rate_limited() if behaviour == "429-stream" else owner.respond(body)
         stream = b"".join(_sse(events))
