@@ -3,8 +3,9 @@
     .venv/bin/python bench/limiter.py [--url redis://...] [--clients 32] [--processes 1]
 
 Two scenarios, each run for ours and then for theirs on the same server in the same run.
-`redis µs` is the time Redis spent inside the script per call (INFO commandstats), the
-server's share of the cost; the rest is the Python client.
+`redis µs` is the time Redis spent inside the scripts per attempt (INFO commandstats:
+the scripts' total µs over every attempt, warm-up included), the server's share of the
+cost; the rest is the Python client. Ours may answer many attempts with one script call.
 
 - open: a limit so high that every call is admitted, so the figures are the raw cost of
   one admission (ours: `RedisLimiter.acquire`, theirs: `MovingWindowRateLimiter.hit`).
@@ -41,7 +42,8 @@ class Result:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     granted: list[int] = field(default_factory=list)  # ours: server µs; theirs: -1 each
-    server_us: float = 0.0  # Redis time inside the scripts, per call (INFO commandstats)
+    server_us: float = 0.0  # Redis time inside the scripts, per attempt (INFO commandstats)
+    calls: int = 0  # attempts, warm-up included: what the server's total time is spread over
 
     def merge(self, other: Result, *, after: bool = False) -> None:
         """Add `other`, run at the same time (another process) or `after` this one."""
@@ -49,6 +51,7 @@ class Result:
             total = self.ops + other.ops
             self.server_us = (self.server_us * self.ops + other.server_us * other.ops) / total
         self.ops += other.ops
+        self.calls += other.calls
         self.seconds = self.seconds + other.seconds if after else max(self.seconds, other.seconds)
         self.latencies += other.latencies
         self.granted += other.granted
@@ -103,11 +106,12 @@ async def hammer(
     lib: str, url: str, scenario: str, limit: str, clients: int, seconds: float, start_at: float
 ) -> Result:
     call, close = make_call(lib, url, scenario, limit)
+    result = Result()
     warm_until = time.monotonic() + 0.3
     while time.monotonic() < warm_until:  # connect and load the scripts, on another key
         await call(f"bench:{scenario}:warmup")
+        result.calls += 1
     await asyncio.sleep(max(start_at - time.time(), 0))
-    result = Result()
     begin = time.perf_counter()
     end = begin + seconds
 
@@ -121,6 +125,7 @@ async def hammer(
 
     await asyncio.gather(*(client() for _ in range(clients)))
     result.seconds = time.perf_counter() - begin
+    result.calls += result.ops
     await close()
     return result
 
@@ -145,7 +150,7 @@ def run(lib: str, scenario: str, limit: str, opts: argparse.Namespace, url: str)
                 for part in pool.map(_process, [job] * opts.processes):
                     total.merge(part)
         stats = admin.info("commandstats").get("cmdstat_evalsha", {})
-    total.server_us = float(stats.get("usec_per_call", 0.0))
+    total.server_us = float(stats.get("usec", 0)) / max(total.calls, 1)
     return total
 
 

@@ -6,13 +6,21 @@ on many machines agree. A key's structures are named `ado:limit:{key}:...`; the 
 a hash tag that keeps them in one cluster slot, and each one expires when it falls idle.
 Connection failures become `LimiterUnavailable`; `acquire` then waits and never admits
 without the server's word.
+
+A key with only request windows (no tokens, no concurrency: the common case) takes a
+cheaper path: `acquire_requests.lua`, which touches the cooldown and the windows only, and
+admits a whole batch in one call. Callers of one client that ask for the same key while a
+call for it is in flight wait for the next one, which asks for all of them (`batch`); the
+script admits as many as every window has room for, in the order they asked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import uuid
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -35,7 +43,16 @@ from ado_ray.limits.base import (
 )
 from ado_ray.redact import mask_url
 
-SCRIPTS = ("acquire", "renew", "release", "reconcile", "cooldown", "snapshot")
+SCRIPTS = (
+    "acquire",
+    "acquire_requests",
+    "renew",
+    "release",
+    "reconcile",
+    "cooldown",
+    "snapshot",
+)
+MAX_BATCH = 500  # callers admitted by one acquire_requests.lua call at most
 # Errors that mean "the server did not answer", not "the server said no".
 _UNAVAILABLE = (
     redis_errors.ConnectionError,  # includes BusyLoadingError
@@ -58,6 +75,29 @@ class RedisConfig(BaseModel):
     url: str = Field(description="redis://[:password@]host:port/db or rediss://...")
     prefix: str = "ado:limit"
     socket_timeout_s: float = Field(default=5.0, gt=0)
+    batch: bool = Field(
+        default=True,
+        description="ask for the callers of one key that wait together in one script call",
+    )
+
+
+@dataclass
+class _Plan:
+    """What every call for one key and spec sends: the keys and the windows' arguments."""
+
+    keys: list[str]
+    windows: list[int]  # count, length µs per request window
+    requests_only: bool  # no tokens, no concurrency: acquire_requests.lua
+
+
+@dataclass
+class _Queue:
+    """Callers of one plan waiting for the next acquire_requests.lua call, on one loop."""
+
+    loop: asyncio.AbstractEventLoop
+    waiting: list[tuple[asyncio.Future[Grant | Denied], int]] = field(default_factory=list)
+    running: bool = False
+    task: asyncio.Task[None] | None = None  # the running `_drain` (the loop holds it weakly)
 
 
 class RedisLimiter(LimiterBase):
@@ -76,6 +116,8 @@ class RedisLimiter(LimiterBase):
         self._scripts = {name: self._redis.register_script(lua_source(name)) for name in SCRIPTS}
         self._client_id = uuid.uuid4().hex[:12]
         self._calls = itertools.count()
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._queues: dict[tuple[Any, ...], _Queue] = {}
 
     @classmethod
     def from_url(cls, url: str | None) -> RedisLimiter:
@@ -92,6 +134,19 @@ class RedisLimiter(LimiterBase):
             keys += [f"{base}:requests:{window.micros}" for window in spec.windows]
         return keys
 
+    def _plan(self, key: str, spec: LimitSpec) -> tuple[tuple[Any, ...], _Plan]:
+        ident = (key, tuple(spec.requests), spec.tokens, spec.concurrency)
+        plan = self._plans.get(ident)
+        if plan is None:
+            if len(self._plans) >= 4096:  # many one-off keys: start over rather than grow
+                self._plans.clear()
+            windows = [number for w in spec.windows for number in (w.count, w.micros)]
+            requests_only = spec.tokens is None and spec.concurrency is None
+            keys = self._keys(key, spec)
+            plan = _Plan(keys[:1] + keys[4:] if requests_only else keys, windows, requests_only)
+            self._plans[ident] = plan
+        return ident, plan
+
     async def _run(self, script: str, keys: list[str], args: list[str | int]) -> Any:
         try:
             return await self._scripts[script](keys=keys, args=args)
@@ -104,6 +159,11 @@ class RedisLimiter(LimiterBase):
         self, key: str, spec: LimitSpec, *, tokens: int = 0, lease_ttl_s: float = 60.0
     ) -> Grant | Denied:
         spec.check_tokens(key, tokens)
+        ident, plan = self._plan(key, spec)
+        if plan.requests_only:
+            if self.config.batch:
+                return await self._batched(key, spec, ident, plan, tokens)
+            return (await self._acquire_requests(key, spec, plan, [tokens]))[0]
         token_window = spec.token_window
         args: list[str | int] = [
             f"{self._client_id}:{next(self._calls)}",
@@ -114,9 +174,8 @@ class RedisLimiter(LimiterBase):
             uuid.uuid4().hex,
             round(lease_ttl_s * 1_000_000),
         ]
-        for window in spec.windows:
-            args += [window.count, window.micros]
-        reply = await self._run("acquire", self._keys(key, spec), args)
+        args += plan.windows
+        reply = await self._run("acquire", plan.keys, args)
         if reply[0] == 1:
             _ok, now_us, member, lease_id = reply
             reservation = member if token_window else None
@@ -124,6 +183,70 @@ class RedisLimiter(LimiterBase):
         _denied, retry_us, kind, blockers = reply
         retry = retry_us / 1e6
         return Denied(key, retry, _describe(spec, blockers, tokens, retry), kind)
+
+    async def _acquire_requests(
+        self, key: str, spec: LimitSpec, plan: _Plan, tokens: list[int]
+    ) -> list[Grant | Denied]:
+        """One acquire_requests.lua call for len(tokens) callers, in order."""
+        args: list[str | int] = [f"{self._client_id}:{next(self._calls)}", len(tokens)]
+        args += plan.windows
+        now_us, admitted, retry_us, kind, blockers = await self._run(
+            "acquire_requests", plan.keys, args
+        )
+        now, retry = now_us / 1e6, retry_us / 1e6
+        results: list[Grant | Denied] = [Grant(key, None, n, now) for n in tokens[:admitted]]
+        if admitted < len(tokens):  # no token window here: one reason fits every caller
+            denied = Denied(key, retry, _describe(spec, blockers, 0, retry), kind)
+            results += [denied] * (len(tokens) - admitted)
+        return results
+
+    async def _batched(
+        self, key: str, spec: LimitSpec, ident: tuple[Any, ...], plan: _Plan, tokens: int
+    ) -> Grant | Denied:
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(ident)
+        if queue is None or queue.loop is not loop:
+            queue = self._queues[ident] = _Queue(loop)
+        future: asyncio.Future[Grant | Denied] = loop.create_future()
+        queue.waiting.append((future, tokens))
+        if not queue.running:
+            queue.running = True
+            queue.task = loop.create_task(self._drain(key, spec, ident, plan, queue))
+        return await future
+
+    async def _drain(
+        self, key: str, spec: LimitSpec, ident: tuple[Any, ...], plan: _Plan, queue: _Queue
+    ) -> None:
+        """Send the waiting callers, a batch per call, until none is left."""
+        batch: list[tuple[asyncio.Future[Grant | Denied], int]] = []
+        try:
+            while queue.waiting:
+                batch = [item for item in queue.waiting[:MAX_BATCH] if not item[0].done()]
+                del queue.waiting[:MAX_BATCH]
+                if not batch:
+                    continue  # every caller in it was cancelled before it was sent
+                try:
+                    results = await self._acquire_requests(
+                        key, spec, plan, [tokens for _, tokens in batch]
+                    )
+                except Exception as exc:  # each caller of the batch gets it raised
+                    for future, _ in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (future, _), result in zip(batch, results, strict=True):
+                    if not future.done():  # a caller cancelled in flight loses its grant
+                        future.set_result(result)
+        except BaseException:  # cancelled (the loop is closing): so is every caller it serves
+            for future, _ in batch + queue.waiting:
+                future.cancel()
+            queue.waiting.clear()
+            raise
+        finally:
+            queue.running = False
+            queue.task = None
+            if self._queues.get(ident) is queue:
+                del self._queues[ident]  # idle: the next caller starts a new one
 
     async def renew(self, grant: Grant, lease_ttl_s: float) -> bool:
         if grant.lease_id is None:

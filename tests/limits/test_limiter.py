@@ -440,3 +440,105 @@ def _most_in_any_window(times: list[float], length: float) -> list[int]:
             end += 1
         counts.append(end - start)
     return counts
+
+
+# -- Redis: the request-only path (acquire_requests.lua) and batching ----------------------
+
+
+def _script_calls(raw: redis.Redis) -> int:
+    return int(raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "one-by-one"])
+async def test_redis_concurrent_callers_get_exactly_n_in_order(redis_url: str, batch: bool) -> None:
+    limiter = RedisLimiter(RedisConfig(url=redis_url, batch=batch))
+    raw = redis.Redis.from_url(redis_url)
+    spec = LimitSpec(requests=["10/5s", "12/10s"])
+    try:
+        await grant(limiter, spec, key="test:warm")  # connect and load the scripts
+        raw.config_resetstat()
+        results = await asyncio.gather(*(limiter.try_acquire(KEY, spec) for _ in range(40)))
+        calls = _script_calls(raw)
+        granted = [r for r in results if isinstance(r, Grant)]
+        refused = [r for r in results if isinstance(r, Denied)]
+        assert (len(granted), len(refused)) == (10, 30)
+        if batch:  # one queue, one script call: admitted in the order they asked
+            assert all(isinstance(r, Grant) for r in results[:10])
+            assert calls <= 2  # the first caller may go alone, the rest together
+        else:  # one call each, over several connections: any order
+            assert calls == 40
+        assert all(r.kind == "requests" and 4.5 < r.retry_after_s <= 5 for r in refused)
+        assert "requests 10/5s: 10 in the window" in refused[0].reason
+        snap = await limiter.snapshot(KEY, spec)
+        assert [w["used"] for w in snap["requests"]] == [10, 10]
+    finally:
+        raw.close()
+        await limiter.close()
+
+
+@pytest.mark.integration
+async def test_redis_request_only_and_full_scripts_share_a_key(redis_url: str) -> None:
+    fast = RedisLimiter(RedisConfig(url=redis_url))
+    full = RedisLimiter(RedisConfig(url=redis_url))
+    only_requests = LimitSpec(requests=["3/5s"])
+    with_leases = LimitSpec(requests=["3/5s"], concurrency=5)
+    try:
+        await grant(fast, only_requests)
+        await grant(full, with_leases)
+        await grant(fast, only_requests)
+        assert (await denied(full, with_leases)).kind == "requests"  # sees fast's grants
+        assert (await denied(fast, only_requests)).kind == "requests"  # and full's
+        snap = await fast.snapshot(KEY, with_leases)
+        assert (snap["requests"][0]["used"], snap["concurrency"]["active"]) == (3, 1)
+
+        other = LimitSpec(requests=["100/1s"])
+        await grant(fast, other, key="test:cool")
+        await full.report_limited("test:cool", time.time() + 0.3)  # a cooldown appears
+        results = await asyncio.gather(*(fast.try_acquire("test:cool", other) for _ in range(5)))
+        assert all(isinstance(r, Denied) and r.kind == "cooldown" for r in results)
+        assert (await fast.snapshot("test:cool", other))["requests"][0]["used"] == 1
+        got = await fast.acquire("test:cool", other, timeout_s=3)
+        assert isinstance(got, Grant)
+    finally:
+        await fast.close()
+        await full.close()
+
+
+@pytest.mark.integration
+async def test_redis_a_caller_cancelled_before_its_batch_is_sent_records_nothing(
+    redis_url: str,
+) -> None:
+    limiter = RedisLimiter(RedisConfig(url=redis_url))
+    spec = LimitSpec(requests=["10/5s"])
+    try:
+        tasks = [asyncio.create_task(limiter.try_acquire(KEY, spec)) for _ in range(5)]
+        await asyncio.sleep(0)  # every caller is queued, the batch not yet sent
+        tasks[2].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[2], asyncio.CancelledError)
+        assert sum(isinstance(r, Grant) for r in results) == 4
+        assert (await limiter.snapshot(KEY, spec))["requests"][0]["used"] == 4
+    finally:
+        await limiter.close()
+
+
+@pytest.mark.integration
+async def test_redis_down_fails_every_caller_of_a_batch(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    limiter = RedisLimiter(RedisConfig(url=redis_url, socket_timeout_s=1))
+    spec = LimitSpec(requests=["10/1s"])
+    try:
+        await grant(limiter, spec)
+        redis_server.stop()
+        results = await asyncio.gather(
+            *(limiter.try_acquire(KEY, spec) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, LimiterUnavailable) for r in results), results
+        redis_server.start()
+        back = await asyncio.gather(*(limiter.try_acquire(KEY, spec) for _ in range(3)))
+        assert all(isinstance(r, Grant) for r in back)
+    finally:
+        redis_server.start()
+        await limiter.close()

@@ -3,7 +3,10 @@
 Every grant carries the server time it was admitted at (Redis `TIME`), so the merged
 grants of all processes can be checked against the limit itself: no window of the limit's
 length, anywhere, may hold more than the limit, and a saturated limit must be used nearly
-in full. A lease whose holder is killed must free its slot after its ttl, not before.
+in full. It is run with the callers of each process batched into one script call (the
+default), one call each, and with half the processes on the full script (a spec that also
+has leases) and half on the request-only one. A lease whose holder is killed must free its
+slot after its ttl, not before.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import pytest
 
 from ado_ray.limits.base import Denied, Grant, LimitSpec, LimitTimeout
-from ado_ray.limits.redis import RedisLimiter
+from ado_ray.limits.redis import RedisConfig, RedisLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -30,22 +33,36 @@ PROCESSES = 4
 ACQUIRERS = 16  # per process
 POLLERS = 2  # of those, per process: eager clients that probe every few ms instead of waiting
 LIMIT = LimitSpec(requests=["20/1s"])
+WITH_LEASES = LimitSpec(requests=["20/1s"], concurrency=10_000)  # acquire.lua, never full
 COUNT, WINDOW_US = 20, 1_000_000
 RUN_S = 3.0  # measured period, from the first grant
 KEY = "test:shared"
 
 
 def _acquire_until(
-    url: str, ready: Queue[int], start: Event, start_at: Synchronized[float], out: Queue[Any]
+    url: str,
+    mode: str,
+    index: int,
+    ready: Queue[int],
+    start: Event,
+    start_at: Synchronized[float],
+    out: Queue[Any],
 ) -> None:
-    asyncio.run(_acquire_until_async(url, ready, start, start_at, out))
+    asyncio.run(_acquire_until_async(url, mode, index, ready, start, start_at, out))
 
 
 async def _acquire_until_async(
-    url: str, ready: Queue[int], start: Event, start_at: Synchronized[float], out: Queue[Any]
+    url: str,
+    mode: str,
+    index: int,
+    ready: Queue[int],
+    start: Event,
+    start_at: Synchronized[float],
+    out: Queue[Any],
 ) -> None:
-    limiter = RedisLimiter.from_url(url)
-    await limiter.snapshot(KEY, LIMIT)  # connect and load the scripts before the start
+    limiter = RedisLimiter(RedisConfig(url=url, batch=mode != "one-by-one"))
+    spec = WITH_LEASES if mode == "mixed" and index % 2 else LIMIT
+    await limiter.snapshot(KEY, spec)  # connect and load the scripts before the start
     ready.put(os.getpid())
     await asyncio.to_thread(start.wait, 60)
     await asyncio.sleep(max(start_at.value - time.time(), 0))
@@ -55,14 +72,14 @@ async def _acquire_until_async(
     async def acquirer() -> None:
         while (remaining := deadline - time.monotonic()) > 0:
             try:
-                grant = await limiter.acquire(KEY, LIMIT, timeout_s=remaining)
+                grant = await limiter.acquire(KEY, spec, timeout_s=remaining)
             except LimitTimeout:
                 return
             granted.append(grant.granted_at)
 
     async def poller() -> None:  # would catch a window that lets entries go early
         while deadline > time.monotonic():
-            result = await limiter.try_acquire(KEY, LIMIT)
+            result = await limiter.try_acquire(KEY, spec)
             if isinstance(result, Grant):
                 granted.append(result.granted_at)
             await asyncio.sleep(random.uniform(0, 0.004))
@@ -94,15 +111,18 @@ def most_in_any_window(times_us: list[int], length_us: int) -> int:
     return most
 
 
-def test_no_over_admission_across_processes(redis_url: str) -> None:
+@pytest.mark.parametrize("mode", ["batched", "one-by-one", "mixed"])
+def test_no_over_admission_across_processes(redis_url: str, mode: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     ready: Queue[int] = ctx.Queue()
     out: Queue[Any] = ctx.Queue()
     start = ctx.Event()
     start_at = ctx.Value("d", 0.0)
     procs = [
-        ctx.Process(target=_acquire_until, args=(redis_url, ready, start, start_at, out))
-        for _ in range(PROCESSES)
+        ctx.Process(
+            target=_acquire_until, args=(redis_url, mode, index, ready, start, start_at, out)
+        )
+        for index in range(PROCESSES)
     ]
     for proc in procs:
         proc.start()
@@ -129,7 +149,7 @@ def test_no_over_admission_across_processes(redis_url: str) -> None:
     # how long after a slot came free it was taken again (the N-th previous grant + 1 s)
     lags = sorted(times[i] - times[i - COUNT] - WINDOW_US for i in range(COUNT, len(times)))
     print(
-        f"\n{len(times)} grants from {PROCESSES}x{ACQUIRERS} acquirers {per_process}; "
+        f"\n{mode}: {len(times)} grants from {PROCESSES}x{ACQUIRERS} acquirers {per_process}; "
         f"most in any 1s window {most} (limit {COUNT}); "
         f"{in_period} in the first {RUN_S}s = {100 * in_period / allowed:.1f}% of {allowed:.0f}; "
         f"slot reuse lag median {lags[len(lags) // 2] / 1000:.1f} ms, max {lags[-1] / 1000:.1f} ms"
