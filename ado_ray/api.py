@@ -8,31 +8,41 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from ado_ray import reports
 from ado_ray.agents import make_agent
+from ado_ray.agents.command import CommandAgent
 from ado_ray.agents.routing import routes
 from ado_ray.config import Config, build_config, deep_merge
 from ado_ray.engine.backends import init_ray
 from ado_ray.engine.driver import BatchResult, drive, new_run, run_sync, state_url
+from ado_ray.engine.lease import driver_gone, gone_note
+from ado_ray.engine.process import build_env
 from ado_ray.engine.progress import Progress, make_progress
 from ado_ray.engine.publish import repo_host
-from ado_ray.errors import ServiceUnavailableError, StoreError, UsageError
+from ado_ray.errors import (
+    CorruptStoreError,
+    ServiceUnavailableError,
+    StoreError,
+    UnknownRunError,
+    UsageError,
+)
 from ado_ray.forge.config import check_template
 from ado_ray.limits.actor import LimiterClient, RateLimiterService
 from ado_ray.limits.base import LimiterUnavailable, LimitSpec
 from ado_ray.models import RepoSpec, TaskState
 from ado_ray.repos import format_repo_line, parse_repo_list
-from ado_ray.store import Store, open_store
+from ado_ray.store import RunRecord, Store, describe_store, open_store
 
 RUN_KEYS = (  # kept by a resumed run (flags given to `ado resume` still win)
     "agent", "git", "dry_run", "max_attempts", "publish", "parallel", "fallback",
-    "max_cost_usd", "max_cost_per_task_usd",
+    "max_cost_usd", "max_cost_per_task_usd", "keep_workspaces",
 )  # fmt: skip
 PROBE_KEY = "ado:probe"  # read (never acquired) to check that the limiter's backend answers
 
@@ -77,6 +87,7 @@ def check_plan(
     repos: list[RepoSpec], source: str, config: Config
 ) -> tuple[list[RepoSpec], str | None]:
     prompt = read_prompt(config)
+    resolve_programs(config)
     check_agents(config, repos, source)
     check_publish(config, repos, source)
     return repos, prompt
@@ -108,7 +119,7 @@ def check_publish(config: Config, repos: list[RepoSpec], source: str) -> None:
                 + "; expected a repository on a host listed in `forges:` (github.com, "
                 "gitlab.com, or your own entry) for --pr"
             )
-        elif not os.environ.get(config.forges[host].token_env):
+        elif config.forges[host].token() is None:
             unset.add(f"${config.forges[host].token_env} (for {host})")
     if unset:
         problems.append(f"--pr needs the forge token in {', '.join(sorted(unset))}; it is not set")
@@ -128,9 +139,84 @@ def check_agents(config: Config, repos: list[RepoSpec], source: str) -> None:
             check(repos, source)
 
 
+def resolve_programs(config: Config, cwd: Path | None = None) -> None:
+    """Each `command` route's program, as the agents will run it (in `config`, so the run
+    keeps it): a relative path made absolute from `cwd` (where ado started), and, when the
+    agents run on this machine, checked to be there now (a path, or a name on their PATH).
+    A Ray job's agents run on the cluster: there a relative path is refused."""
+    cwd = Path.cwd() if cwd is None else cwd
+    here = config.ray.dashboard_url is None and (config.no_ray or config.ray.address is None)
+    for route in routes(config):
+        if route.agent != "command" or not route.cmd:
+            continue
+        agent = CommandAgent(config.agent.model_copy(update={"cmd": route.cmd}))
+        path = build_env(config.agent.env_allow, {**config.agent.env, **route.env}).get("PATH")
+        search = os.defpath if path is None else path
+        cmd = agent.resolve_program(
+            cwd, search, check=here, relative=config.ray.dashboard_url is None
+        )
+        if cmd is None:
+            continue
+        if route.provider in config.providers:
+            provider = config.providers[route.provider]
+            config.providers[route.provider] = provider.model_copy(update={"cmd": cmd})
+        else:
+            config.agent = config.agent.model_copy(update={"cmd": cmd})
+
+
 def plan_text(repo_list: Path, sources: ConfigSources) -> str:
     repos, _ = plan(repo_list, load_config(sources))
     return "".join(f"{format_repo_line(repo)}\n" for repo in repos)
+
+
+def check_resume_list(repo_list: Path, run_id: str, sources: ConfigSources) -> None:
+    """`ado batch REPO_LIST --resume RUN_ID`: the list must resolve to the run's own
+    repositories, refs and variables (written in any spelling); else say what differs."""
+    listed = parse_repo_list(repo_list)
+    with run_store(load_config(sources), run_id) as store:
+        run = store.get_run(run_id)
+        stored = [task.repo for task in store.list_tasks(run.run_id)]
+    if problems := _list_differences(listed, stored, str(repo_list), run):
+        raise UsageError(
+            "\n".join(problems) + f"\nexpected the run's own list ({run.repo_list}); "
+            f"`ado resume {run.run_id}` continues the run without one, and a different list "
+            "is a new run (leave out --resume)"
+        )
+
+
+def _list_differences(
+    listed: list[RepoSpec], stored: list[RepoSpec], source: str, run: RunRecord, shown: int = 10
+) -> list[str]:
+    """What differs between a repository list and a run's repositories (by key, ref and
+    variables: the spelling of a target does not count): [] if nothing."""
+    ours, theirs = {r.key: r for r in listed}, {r.key: r for r in stored}
+    new = [f"{source}:{r.line} {r.url}" for r in listed if r.key not in theirs]
+    gone = [f"{r.url} ({run.repo_list}:{r.line})" for r in stored if r.key not in ours]
+    changed = [
+        f"{source}:{r.line} {format_repo_line(r)!r} (the run has {format_repo_line(old)!r})"
+        for r in listed
+        if (old := theirs.get(r.key)) is not None and (r.ref, r.vars) != (old.ref, old.vars)
+    ]
+
+    def some(items: list[str]) -> str:
+        more = f" and {len(items) - shown} more" if len(items) > shown else ""
+        return ", ".join(items[:shown]) + more
+
+    def count(items: list[str], one: str, many: str) -> str:
+        return f"{len(items)} {one if len(items) == 1 else many}"
+
+    problems = []
+    if new:
+        repos = count(new, "repository", "repositories")
+        verb = "is" if len(new) == 1 else "are"
+        problems.append(f"{repos} in {source} {verb} not in run {run.run_id}: {some(new)}")
+    if gone:
+        verb = "is" if len(gone) == 1 else "are"
+        problems.append(f"{len(gone)} of the run's {verb} not in {source}: {some(gone)}")
+    if changed:
+        what = count(changed, "repository has", "repositories have")
+        problems.append(f"{what} another ref or other variables in {source}: {some(changed)}")
+    return problems
 
 
 def check_services(config: Config) -> None:
@@ -142,6 +228,8 @@ def check_services(config: Config) -> None:
     try:
         with opened_store(config):
             pass
+    except CorruptStoreError:
+        raise  # not an outage: starting the server would not help
     except StoreError as exc:
         problems.append(f"state store: {exc}")
     try:
@@ -206,6 +294,34 @@ def opened_store(config: Config) -> Iterator[Store]:
         store.close()
 
 
+@contextmanager
+def existing_store(config: Config) -> Iterator[Store | None]:
+    """The store, for a command that only reads it (or may fail before it writes); None
+    where there is none yet (no SQLite file), which is then not created."""
+    store = open_store(state_url(config))
+    try:
+        if not store.exists():
+            yield None
+            return
+        store.migrate()
+        yield store
+    finally:
+        store.close()
+
+
+@contextmanager
+def run_store(config: Config, run_id: str) -> Iterator[Store]:
+    """`existing_store`, where a missing store means that there is no such run."""
+    with existing_store(config) as store:
+        if store is None:
+            raise UnknownRunError(
+                f"no run '{run_id}': there is no state store at "
+                f"{describe_store(state_url(config))} (nothing has run with this --state); "
+                "`ado runs` lists the runs"
+            )
+        yield store
+
+
 def start(
     repo_list: Path,
     sources: ConfigSources,
@@ -236,7 +352,14 @@ def resume(
     progress: Progress | None = None,
 ) -> BatchResult:
     """Continue a run with its own agent and git settings (flags given now still win)."""
-    with opened_store(load_config(sources)) as store:
+    requeue = [TaskState.FAILED, TaskState.SKIPPED] if retry_failed else []
+    return _resume(run_id, sources, requeue, progress or make_progress(progress_stream))
+
+
+def _resume(
+    run_id: str, sources: ConfigSources, requeue: list[TaskState], progress: Progress
+) -> BatchResult:
+    with run_store(load_config(sources), run_id) as store:
         run = store.get_run(run_id)
         stored = {key: run.config[key] for key in RUN_KEYS if key in run.config}
         stored.get("agent", {}).pop("env", None)  # masked when stored; comes from config now
@@ -246,9 +369,7 @@ def resume(
         check_agents(config, repos, run.repo_list)
         check_publish(config, repos, run.repo_list)
         check_services(config)
-        if retry_failed:
-            store.requeue_tasks(run.run_id, [TaskState.FAILED, TaskState.SKIPPED])
-        return _drive(store, config, run.run_id, prompt, progress or make_progress(progress_stream))
+        return _drive(store, config, run.run_id, prompt, progress, requeue)
 
 
 def publish(
@@ -259,24 +380,33 @@ def publish(
 ) -> BatchResult:
     """Push (and with `publish.pr`, open PRs for) the commits of RUN_ID, e.g. a dry run's,
     from the commits kept in the store: no agent runs again."""
-    with opened_store(load_config(sources)) as store:
-        store.requeue_tasks(run_id, [TaskState.CHANGED])
     live = sources.with_overrides({}).overrides
     forced = ConfigSources(
         sources.config_file, deep_merge(dict(live), {"dry_run": False}), sources.context
     )
-    return resume(run_id, forced, False, progress_stream, progress)
+    return _resume(run_id, forced, [TaskState.CHANGED], progress or make_progress(progress_stream))
 
 
 def _drive(
-    store: Store, config: Config, run_id: str, prompt: str | None, progress: Progress
+    store: Store,
+    config: Config,
+    run_id: str,
+    prompt: str | None,
+    progress: Progress,
+    requeue: Sequence[TaskState] = (),
 ) -> BatchResult:
-    result = drive(store, config, store.get_run(run_id), prompt, progress)
+    progress.attach(store)  # the display reads each task's phase from the store
+    try:
+        result = drive(store, config, store.get_run(run_id), prompt, progress, requeue=requeue)
+    finally:
+        progress.close()  # before the store closes, however the run ended
     return dataclasses.replace(result, summary=reports.run_summary(store, result.run, result.tasks))
 
 
 def list_runs(sources: ConfigSources, limit: int = 50) -> list[dict[str, Any]]:
-    with opened_store(load_config(sources)) as store:
+    with existing_store(load_config(sources)) as store:
+        if store is None:
+            return []
         return [
             {
                 "run_id": run.run_id,
@@ -285,14 +415,40 @@ def list_runs(sources: ConfigSources, limit: int = 50) -> list[dict[str, Any]]:
                 "status": run.status.value,
                 "branch": run.branch,
                 "counts": run.counts,
+                "driver": driver_info(run),
             }
             for run in store.list_runs(limit)
         ]
 
 
 def summary(run_id: str, sources: ConfigSources) -> dict[str, Any]:
-    with opened_store(load_config(sources)) as store:
-        return reports.run_summary(store, store.get_run(run_id))
+    with run_store(load_config(sources), run_id) as store:
+        run = store.get_run(run_id)
+        return reports.run_summary(store, run) | {"driver": driver_info(run)}
+
+
+def driver_info(run: RunRecord) -> dict[str, Any] | None:
+    """The run's lease as `runs --json` and `status --json` show it: who drives it, and
+    since when it has no live driver (`gone_since`, while its status still says running)."""
+    lease, gone = run.lease, driver_gone(run)
+    if lease is None and gone is None:
+        return None
+    return {
+        "owner": lease.owner if lease else None,
+        "generation": lease.generation if lease else None,
+        "renewed_at": lease.renewed_at.isoformat() if lease and lease.renewed_at else None,
+        "expires_at": lease.expires_at.isoformat() if lease else None,
+        "gone_since": gone.isoformat() if gone else None,
+    }
+
+
+def status_text(row: Mapping[str, Any]) -> str:
+    """A run's status for people: `running (driver gone since ...; ado resume ID)` for a
+    run whose driver is gone, else the status itself. `row`: a `list_runs` row or a summary."""
+    gone = (row.get("driver") or {}).get("gone_since")
+    if not gone:
+        return str(row["status"])
+    return f"{row['status']} ({gone_note(row['run_id'], datetime.fromisoformat(gone))})"
 
 
 def gc(
@@ -304,7 +460,7 @@ def gc(
     older_s = disk.parse_duration(older_than, "--older-than")
     unused_s = disk.parse_duration(mirrors_unused, "--mirrors-unused")
     config = load_config(sources)
-    with opened_store(config) as store:
+    with existing_store(config) as store:  # none yet: every run directory is another's
         found = disk.plan(store, config.work_root, older_s, unused_s)
     removed = found.removals if dry_run else disk.apply(found)
     return {

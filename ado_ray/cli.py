@@ -6,18 +6,28 @@ Exit codes: 0 every task changed or had no change, 1 a task failed, 2 bad usage 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 from click.core import ParameterSource
 
 from ado_ray.cli_forge import LIST_PARAMS, PUBLISH_KEYS, prs, publish_options, repos
-from ado_ray.cli_options import F, handle_errors, option, store_options
-from ado_ray.cluster.commands import cluster
+from ado_ray.cli_options import (
+    F,
+    check_globals_apply,
+    handle_errors,
+    inherit_globals,
+    option,
+    store_options,
+)
+from ado_ray.cluster.commands import cluster, dashboard
 from ado_ray.errors import UsageError
 
 # click parameter → dotted config key; only parameters the user set (flag or ADO_* env) count.
@@ -35,10 +45,12 @@ CONFIG_KEYS = {
     "name": "name",
     "branch": "branch",
     "dry_run": "dry_run",
+    "keep_workspaces": "keep_workspaces",
     "no_ray": "no_ray",
     "ray_address": "ray.address",
     "dashboard_url": "ray.dashboard_url",
     "dashboard": "ray.dashboard",
+    "keep_dashboard": "ray.keep_dashboard",
     "max_attempts": "max_attempts",
     "grace": "interrupt_grace_s",
     "fallback": "fallback",
@@ -53,6 +65,7 @@ def run_options(func: F) -> F:
         option(
             "--parallel",
             "-p",
+            "-j",
             env="ADO_PARALLEL",
             type=click.IntRange(1, 10_000),
             help="Agents running at once [default: 4].",
@@ -97,7 +110,15 @@ def run_options(func: F) -> F:
             "--dashboard/--no-dashboard",
             default=None,
             env="ADO_DASHBOARD",
-            help="Start the Ray dashboard with a local instance.",
+            help="Start the Ray dashboard with the run's local Ray instance; prints its URL.",
+        ),
+        option(
+            "--keep-dashboard",
+            is_flag=True,
+            default=None,
+            env="ADO_KEEP_DASHBOARD",
+            help="Run on a local Ray instance that stays up after the run, with its dashboard "
+            "(started if none runs; `ado dashboard --stop` ends it).",
         ),
         option(
             "--json",
@@ -116,9 +137,13 @@ def _sources(ctx: click.Context, params: dict[str, Any]) -> Any:
     """The command's config sources; only parameters the user set (flag or env) count."""
     from ado_ray.api import ConfigSources
 
+    params = dict(params)
+    inherited = inherit_globals(ctx, params)  # `ado --context k8s status RUN`
     data: dict[str, Any] = {}
     for param, key in CONFIG_KEYS.items():
-        if param not in params or ctx.get_parameter_source(param) not in (
+        if param not in params:
+            continue
+        if param not in inherited and ctx.get_parameter_source(param) not in (
             ParameterSource.COMMANDLINE,
             ParameterSource.ENVIRONMENT,
         ):
@@ -142,11 +167,19 @@ def _sources(ctx: click.Context, params: dict[str, Any]) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="ado-ray")
-def main() -> None:
-    """Run an AI coding agent over many git repositories in parallel, on Ray."""
+@store_options
+@click.pass_context
+def main(ctx: click.Context, **_: Any) -> None:
+    """Run an AI coding agent over many git repositories in parallel, on Ray.
+
+    --config, --state and --context may come before the command (`ado --context k8s
+    status RUN`) or after it; after it, they win.
+    """
+    check_globals_apply(ctx)
 
 
 main.add_command(cluster)
+main.add_command(dashboard)
 main.add_command(prs)
 main.add_command(repos)
 
@@ -172,14 +205,23 @@ main.add_command(repos)
     multiple=True,
     help="Environment variables the agent may see (names or globs; repeatable, comma-separated).",
 )
-@option("--name", env="ADO_NAME", help="Run name [default: a short slug].")
-@option("--branch", env="ADO_BRANCH", help="Branch for the changes [default: ado/<run-name>].")
+@option("--name", "-n", env="ADO_NAME", help="Run name [default: a short slug].")
+@option(
+    "--branch", "-b", env="ADO_BRANCH", help="Branch for the changes [default: ado/<run-name>]."
+)
 @option(
     "--dry-run",
     is_flag=True,
     default=None,
     env="ADO_DRY_RUN",
     help="Commit in the workspaces only; push nothing.",
+)
+@option(
+    "--keep-workspaces",
+    is_flag=True,
+    default=None,
+    env="ADO_KEEP_WORKSPACES",
+    help="Keep every finished task's checkout (default: only failed ones and dry-run commits).",
 )
 @option(
     "--max-attempts",
@@ -212,7 +254,10 @@ main.add_command(repos)
 )
 @option("--plan", is_flag=True, env="ADO_PLAN", help="Print the resolved repository list and exit.")
 @option(
-    "--resume", "resume_id", env="ADO_RESUME", help="Continue this run instead of starting one."
+    "--resume",
+    "resume_id",
+    env="ADO_RESUME",
+    help="Continue this run instead of starting one (REPO_LIST, if given, must be its own).",
 )
 @option(
     "--retry-failed",
@@ -239,11 +284,13 @@ def batch(
 
     sources = _sources(ctx, params)
     if resume_id:
-        if repo_list is not None:
-            raise UsageError("give either REPO_LIST or --resume RUN_ID, not both")
+        if repo_list is not None:  # allowed when it is the run's own list
+            api.check_resume_list(repo_list, resume_id, sources)
         if jobs.job_mode(sources):  # a Ray dashboard is configured: run as a Ray job there
             sys.exit(jobs.submit_resume(resume_id, sources, retry_failed, as_json=as_json))
-        result = api.resume(resume_id, sources, retry_failed, _progress_stream(as_json))
+        with _json_stdout(as_json) as out:
+            result = api.resume(resume_id, sources, retry_failed, _progress_stream(as_json))
+            _finish(result, as_json, out)
     else:
         if repo_list is None:
             raise UsageError("missing REPO_LIST; expected a file with one repository per line")
@@ -252,8 +299,9 @@ def batch(
             return
         if jobs.job_mode(sources):
             sys.exit(jobs.submit_batch(repo_list, sources, as_json=as_json))
-        result = api.start(repo_list, sources, _progress_stream(as_json))
-    _finish(result, as_json)
+        with _json_stdout(as_json) as out:
+            result = api.start(repo_list, sources, _progress_stream(as_json))
+            _finish(result, as_json, out)
 
 
 @main.command()
@@ -266,8 +314,9 @@ def publish(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> No
     """Push RUN_ID's commits (e.g. a --dry-run's) and, with --pr, open their PRs; no agent runs."""
     from ado_ray import api
 
-    result = api.publish(run_id, _sources(ctx, params), _progress_stream(as_json))
-    _finish(result, as_json)
+    with _json_stdout(as_json) as out:
+        result = api.publish(run_id, _sources(ctx, params), _progress_stream(as_json))
+        _finish(result, as_json, out)
 
 
 @main.command()
@@ -287,8 +336,9 @@ def resume(
     """Continue RUN_ID from each task's last checkpoint (same as batch --resume)."""
     from ado_ray import api
 
-    result = api.resume(run_id, _sources(ctx, params), retry_failed, _progress_stream(as_json))
-    _finish(result, as_json)
+    with _json_stdout(as_json) as out:
+        result = api.resume(run_id, _sources(ctx, params), retry_failed, _progress_stream(as_json))
+        _finish(result, as_json, out)
 
 
 @main.command()
@@ -315,7 +365,8 @@ def runs(ctx: click.Context, limit: int, as_json: bool, **params: Any) -> None:
     for row in rows:
         counts = ", ".join(f"{k} {v}" for k, v in row["counts"].items())
         when = row["created_at"][:19]
-        click.echo(f"{row['run_id']}  {when}  {row['status']:<11} {row['name']:<24} {counts}")
+        status = api.status_text(row)
+        click.echo(f"{row['run_id']}  {when}  {status:<11} {row['name']:<24} {counts}")
 
 
 @main.command()
@@ -341,7 +392,7 @@ def status(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> Non
     "--format",
     "fmt",
     env="ADO_REPORT_FORMAT",
-    type=click.Choice(["md", "json", "junit"]),
+    type=click.Choice(["md", "json", "junit", "html"]),
     default="md",
     show_default=True,
 )
@@ -356,7 +407,8 @@ def status(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> Non
 @click.pass_context
 @handle_errors
 def report(ctx: click.Context, run_id: str, fmt: str, output: Path | None, **params: Any) -> None:
-    """Write the run's report as Markdown, JSON or JUnit XML."""
+    """Write the run's report as Markdown, JSON, JUnit XML or one self-contained HTML page
+    (charts included: open it offline, e.g. `--format html -o run.html`)."""
     from ado_ray import api, reports
 
     text = reports.FORMATS[fmt](api.summary(run_id, _sources(ctx, params)))
@@ -376,14 +428,79 @@ def report(ctx: click.Context, run_id: str, fmt: str, output: Path | None, **par
     show_default=True,
     help="Seconds between looks at the store.",
 )
+@option(
+    "--recent",
+    env="ADO_WATCH_RECENT",
+    type=click.IntRange(0, 100),
+    default=8,
+    show_default=True,
+    help="How many of the latest outcomes to show.",
+)
 @store_options
 @click.pass_context
 @handle_errors
-def watch_command(ctx: click.Context, run_id: str, every: float, **params: Any) -> None:
-    """Follow RUN_ID in the store until it ends (from any machine that reaches the store)."""
+def watch_command(
+    ctx: click.Context, run_id: str, every: float, recent: int, **params: Any
+) -> None:
+    """Follow RUN_ID in the store until it ends (from any machine that reaches the store):
+    counts, repositories in flight, elapsed time and ETA, the latest outcomes."""
     from ado_ray import watch
 
-    sys.exit(watch.watch(run_id, _sources(ctx, params), every_s=every))
+    sys.exit(watch.watch(run_id, _sources(ctx, params), every_s=every, recent=recent))
+
+
+@main.command("logs")
+@click.argument("run_id")
+@click.argument("repo")
+@option(
+    "--attempt",
+    env="ADO_LOGS_ATTEMPT",
+    type=click.IntRange(1),
+    help="This agent attempt's log [default: the last].",
+)
+@option("--stderr", is_flag=True, env="ADO_LOGS_STDERR", help="The agent's stderr, not stdout.")
+@option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    env="ADO_LOGS_FOLLOW",
+    help="Keep printing what the agent writes until the task ends.",
+)
+@store_options
+@click.pass_context
+@handle_errors
+def logs_command(
+    ctx: click.Context,
+    run_id: str,
+    repo: str,
+    attempt: int | None,
+    stderr: bool,
+    follow: bool,
+    **params: Any,
+) -> None:
+    """Print an agent's log for REPO of RUN_ID (REPO: its name, key, or a unique part)."""
+    from ado_ray import logs
+
+    out = sys.stdout.buffer  # the log's bytes as they are
+    sys.exit(logs.show(run_id, repo, _sources(ctx, params), out, _note, attempt, stderr, follow))
+
+
+@main.command("diff")
+@click.argument("run_id")
+@click.argument("repo", required=False)
+@option("--stat", is_flag=True, env="ADO_DIFF_STAT", help="Only git's --stat of each commit.")
+@store_options
+@click.pass_context
+@handle_errors
+def diff_command(
+    ctx: click.Context, run_id: str, repo: str | None, stat: bool, **params: Any
+) -> None:
+    """Print RUN_ID's commits as patches (of REPO only, if given), from the store: no
+    workspace needed. Tasks without a commit are listed on stderr."""
+    from ado_ray import diffs
+
+    color = sys.stdout.isatty()
+    sys.exit(diffs.show(run_id, repo, _sources(ctx, params), sys.stdout, _note, stat, color))
 
 
 @main.command("limits")
@@ -503,40 +620,100 @@ def config_show(ctx: click.Context, as_json: bool, **params: Any) -> None:
 @config.command("validate")
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
 @option("--context", env="ADO_CONTEXT", help="Also resolve this context.")
+@click.pass_context
 @handle_errors
-def config_validate(config_file: Path, context: str | None) -> None:
+def config_validate(ctx: click.Context, config_file: Path, context: str | None) -> None:
     """Check CONFIG_FILE: exit 0 if valid, else 2 with every problem."""
     from ado_ray import api
 
+    params = {"context": context}
+    inherit_globals(ctx, params)  # `ado --context k8s config validate FILE`
+    context = params["context"]
     api.load_config(api.ConfigSources(config_file, {}, context))
     click.echo(f"{config_file}: valid" + (f" (context {context})" if context else ""))
+
+
+@main.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script for SHELL, e.g. in ~/.bashrc:
+    `eval "$(ado completion bash)"` (zsh likewise; fish: `ado completion fish | source`)."""
+    from click.shell_completion import get_completion_class
+
+    script = get_completion_class(shell)
+    assert script is not None  # click ships all three
+    click.echo(script(main, {}, "ado", "_ADO_COMPLETE").source())
 
 
 def _print_status(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ado_ray import api
+    from ado_ray.report_timeline import fmt_clock, fmt_duration
+
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
-    table = Table(title=f"{summary['name']} ({summary['run_id']}) · {summary['status']} · {counts}")
-    for column in ("repository", "state", "attempts", "commit", "where / error"):
+    status = api.status_text(summary)
+    table = Table(title=f"{summary['name']} ({summary['run_id']}) · {status} · {counts}")
+    day = summary["created_at"][:10]
+    columns = ("repository", "state", "attempts", "duration", f"finished ({day})", "diffstat")
+    for column in (*columns, "commit", "where / error · log"):
         table.add_column(column)
     for task in summary["tasks"]:
         detail = (
             f"{task['failure_class']}: {task['error']}" if task["error"] else task["where"] or ""
         )
+        if task["log_path"]:
+            detail += ("\n" if detail else "") + f"log: {task['log_path']}"
         table.add_row(
-            task["name"], task["state"], str(task["attempts"]), (task["commit"] or "")[:10], detail
+            task["name"],
+            task["state"],
+            str(task["attempts"]),
+            fmt_duration(task["duration_s"]),
+            fmt_clock(task["finished_at"], day),
+            task["diffstat"] or "",
+            (task["commit"] or "")[:10],
+            detail,
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def _progress_stream(as_json: bool) -> Any:
     return sys.stderr if as_json else sys.stdout
 
 
-def _finish(result: Any, as_json: bool) -> None:
+@contextlib.contextmanager
+def _json_stdout(as_json: bool) -> Iterator[IO[str]]:
+    """Where `_finish` writes. With --json, stdout holds the one JSON object and nothing
+    else: during the run file descriptor 1 points at stderr, so whatever Ray (or anything)
+    prints there, from any thread (say, `(raylet) A worker died ...`), lands on stderr, and
+    the object goes to the real stdout. (Not under click's test runner: no fd 1 there.)"""
+    try:
+        redirect = as_json and sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: a test runner
+        redirect = False
+    if not redirect:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    try:
+        yield out
+    finally:
+        out.flush()
+        sys.stdout.flush()
+        os.dup2(out.fileno(), 1)
+        out.close()
+
+
+def _finish(result: Any, as_json: bool, out: IO[str]) -> None:
     if as_json:
-        click.echo(json.dumps(result.summary, indent=2))
+        click.echo(json.dumps(result.summary, indent=2), file=out)
     else:
         counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
         click.echo(f"run {result.run.run_id} ({result.run.name}): {counts}")

@@ -17,11 +17,19 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from ado_ray.config_errors import did_you_mean, format_validation_error, key_lines
 from ado_ray.errors import ConfigError
 from ado_ray.forge.config import BUILTIN_FORGES, ForgeSettings, PublishSettings, check_hosts
 from ado_ray.limits.config import LimiterSettings, LimitTable
@@ -62,6 +70,10 @@ class AgentSettings(_Model):
     timeout_s: float = Field(default=1800.0, gt=0)
     stall_timeout_s: float | None = Field(default=600.0, gt=0)
     kill_grace_s: float = Field(default=10.0, ge=0)
+    # auto: a PID namespace with its own /proc where the host allows one (else a warning);
+    # pid: one, or the task fails; none: no sandbox (see engine/sandbox.py)
+    sandbox: Literal["auto", "pid", "none"] = "auto"
+    log_cap_mb: float | None = Field(default=10.0, gt=0)  # per log file and attempt; None: all
 
 
 _SLUG = r"[a-z0-9][a-z0-9_-]{0,31}"
@@ -113,6 +125,9 @@ class RaySettings(_Model):
     namespace: str = "ado"
     num_cpus: int | None = None  # only for a local instance
     dashboard: bool = False  # only for a local instance: start the Ray dashboard too
+    # Run on a local instance that outlives the run (started if none runs, in .ado/ray), so
+    # its dashboard's timeline and logs stay to look at; `ado dashboard --stop` ends it.
+    keep_dashboard: bool = False
     slots_per_runner: int = Field(default=25, ge=1)  # agents one runner actor supervises
     runner_num_cpus: float = Field(default=0.0, ge=0)
     # A cluster's Ray dashboard (http://host:8265): `ado batch` then submits itself there as a
@@ -138,6 +153,16 @@ class RaySettings(_Model):
             )
         return value
 
+    @model_validator(mode="after")
+    def _keep_dashboard(self) -> RaySettings:
+        if self.keep_dashboard and self.address:
+            raise ValueError(
+                f"ray.keep_dashboard keeps a local Ray instance up, and ray.address is "
+                f"'{self.address}'; expected one of them (a cluster's dashboard stays up "
+                "anyway: `ado dashboard` shows it)"
+            )
+        return self
+
 
 class Config(_Model):
     state: str = ".ado/state.db"  # a SQLite path, or a store URL
@@ -146,10 +171,13 @@ class Config(_Model):
     name: str | None = None
     branch: str | None = None
     dry_run: bool = False
+    keep_workspaces: bool = False  # keep every finished task's checkout and agent home
     no_ray: bool = False
     max_attempts: int = Field(default=2, ge=1)  # for retryable failure classes
     interrupt_grace_s: float = Field(default=20.0, ge=0)
     store_outage_limit_s: float = Field(default=300.0, gt=0)  # then the run stops, resumable
+    # the run's lease: renewed every third of this; a driver that cannot renew it in time stops
+    lease_ttl_s: float = Field(default=30.0, ge=1)
     limit_wait_timeout_s: float | None = Field(default=None, gt=0)  # None: wait for limits
     agent: AgentSettings = Field(default_factory=AgentSettings)
     git: GitSettings = Field(default_factory=GitSettings)
@@ -295,8 +323,10 @@ def build_config(
     if context is not None:
         name = CONTEXT_ALIASES.get(context, context)
         if name not in contexts:
+            hint = did_you_mean(context, sorted(contexts), quote="'")
             raise ConfigError(
-                f"unknown context '{context}'; expected one of: {', '.join(sorted(contexts))}"
+                f"unknown context '{context}'{hint or ';'} expected one of: "
+                + ", ".join(sorted(contexts))
             )
         overlay = _mapping(contexts[name], f"{source}: contexts.{name}")
         data = deep_merge(data, interpolate(overlay, env, f"context {name}"))
@@ -304,8 +334,11 @@ def build_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from exc
+        lines = key_lines(config_file.read_text(encoding="utf-8")) if config_file else {}
+        chosen = CONTEXT_ALIASES.get(context, context) if context is not None else None
+        prefixes = [(), *([("contexts", chosen)] if chosen is not None else [])]
+        raise ConfigError(
+            format_validation_error(
+                exc, Config, source, lines, prefixes, ["contexts"], overrides or {}
+            )
+        ) from exc

@@ -93,7 +93,9 @@ def _borrowed_mirrors(run_dirs: Iterable[Path]) -> set[Path]:
     return used
 
 
-def plan(store: Store, work_root: Path, older_than_s: float, mirrors_unused_s: float) -> Plan:
+def plan(
+    store: Store | None, work_root: Path, older_than_s: float, mirrors_unused_s: float
+) -> Plan:
     now = time.time()
     removals: list[Removal] = []
     staying: list[Path] = []
@@ -103,6 +105,8 @@ def plan(store: Store, work_root: Path, older_than_s: float, mirrors_unused_s: f
         if not run_dir.is_dir():
             continue
         try:
+            if store is None:
+                raise UnknownRunError(run_dir.name)
             run = store.get_run(run_dir.name)
         except UnknownRunError:
             unknown += 1

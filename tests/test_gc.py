@@ -1,5 +1,5 @@
-"""`ado gc`: old runs' directories and unused mirrors go; what a kept checkout borrows stays;
-the store's records stay."""
+"""Disk: a finished task's checkout goes unless it is worth a look; `ado gc` removes old
+runs' directories and unused mirrors, but not what a kept checkout borrows, nor any record."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.conftest import git
 pytestmark = pytest.mark.integration
 
 
-def start(tmp_path: Path, state: str, repos: list[Path], name: str) -> Any:
+def start(tmp_path: Path, state: str, repos: list[Path], name: str, **overrides: Any) -> Any:
     repo_list = tmp_path / f"{name}.txt"
     repo_list.write_text("".join(f"{r}\n" for r in repos))
     settings = {
@@ -29,10 +29,29 @@ def start(tmp_path: Path, state: str, repos: list[Path], name: str) -> Any:
         "name": name,
         "dry_run": True,
         "agent": {"cmd": "sh -c 'echo x > CHANGED.txt'"},
+        **overrides,
     }
-    result = api.start(repo_list, api.ConfigSources(overrides=settings), io.StringIO())
-    assert result.counts == {"changed": len(repos)}
-    return result
+    return api.start(repo_list, api.ConfigSources(overrides=settings), io.StringIO())
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "keep-workspaces"])
+def test_finished_checkouts_go_but_a_failed_ones_stays_and_logs_stay(
+    tmp_path: Path, make_repo: Callable[..., Path], keep: bool
+) -> None:
+    cmd = "sh -c 'test {repo_name} = same || echo x > CHANGED.txt; test {repo_name} != bad'"
+    repos = [make_repo("good"), make_repo("same"), make_repo("bad")]
+    result = start(tmp_path, "state.db", repos, "tidy", dry_run=False, keep_workspaces=keep,
+                   agent={"cmd": cmd})  # fmt: skip
+
+    tasks = {task["name"]: task for task in result.summary["tasks"]}
+    assert {name: task["state"] for name, task in tasks.items()} == {
+        "good": "changed", "same": "no_change", "bad": "failed"
+    }  # fmt: skip
+    for name, task in tasks.items():
+        task_dir = Path(task["workspace"])
+        assert (task_dir / "logs" / "attempt-1.stdout.log").is_file()
+        assert (task_dir / "repo").is_dir() == (keep or name == "bad"), name
+        assert (task_dir / "home").is_dir() == keep, name
 
 
 def gc(tmp_path: Path, *args: str, state: str = "state.db") -> dict[str, Any]:
@@ -49,6 +68,7 @@ def test_gc_removes_old_runs_and_unused_mirrors_but_not_what_a_kept_checkout_bor
     shared, own = make_repo("shared"), make_repo("own")
     ours = start(tmp_path, "state.db", [shared, own], "ours")
     theirs = start(tmp_path, "other.db", [shared], "theirs")  # same work root, other store
+    assert ours.counts == {"changed": 2} and theirs.counts == {"changed": 1}
     runs = tmp_path / "work" / "runs"
     ours_dir, theirs_dir = runs / ours.run.run_id, runs / theirs.run.run_id
     mirrors = sorted((tmp_path / "work" / "cache").glob("*.git"))

@@ -2,33 +2,41 @@
 
 Both backends offer the driver the same small surface, so it has one loop:
 `submit(spec)` (an awaitable outcome), `drain(grace)`, `stop_new_agents(reason)`,
-`sink_status()`, `limiter_status()`, `record(update)` and `close()`. Each hosts the
-run's sink and runners; the shared rate limiter is a detached Ray actor
+`flush()`, `sink_status()`, `limiter_status()`, `record(update)` and `close()`, and once
+started `notes` (what to tell the user: the Ray dashboard). Each hosts the run's sink and
+runners; the shared rate limiter is a detached Ray actor
 (`ado-rate-limiter`) or, in process, a local service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from ado_ray.cluster.ray_auth import load_token
 from ado_ray.config import Config
-from ado_ray.engine.runner import AgentRunner
+from ado_ray.engine.runner import INTERRUPTED, AgentRunner
 from ado_ray.engine.spec import RunContext, TaskSpec
 from ado_ray.limits.actor import LimiterClient, RateLimiterService, limiter_actor
-from ado_ray.models import FailureClass, TaskOutcome, TaskState, TaskUpdate
+from ado_ray.models import TaskOutcome, TaskState, TaskUpdate
 from ado_ray.store.sink import Sink
+from ado_ray.testing import CRASH_ENV
+
+MAX_FAILED_STARTS = 3  # runner actors that die before they answer, before a run gives up
 
 
 class LocalBackend:
     """Everything in this process: the `--no-ray` debugging path."""
 
+    notes: tuple[str, ...] = ()
+
     def __init__(self, ctx: RunContext, url: str, config: Config) -> None:
-        self.sink = Sink(url, give_up_after_s=config.store_outage_limit_s)
+        self.sink = Sink(url, give_up_after_s=config.store_outage_limit_s, fence=ctx.fence)
         self.limiter_service = RateLimiterService(config.limiter)
         self.limiter = LimiterClient(self.limiter_service)
         self.runner = AgentRunner(ctx, self.sink, config.parallel, "ado-runner-local", self.limiter)
@@ -45,6 +53,9 @@ class LocalBackend:
     async def stop_new_agents(self, reason: str) -> None:
         await self.runner.stop_new_agents(reason)
 
+    async def flush(self) -> None:
+        await self.sink.flush()
+
     async def sink_status(self) -> dict[str, Any]:
         return self.sink.status()
 
@@ -59,25 +70,59 @@ class LocalBackend:
         await self.limiter_service.close()
 
 
+class RunnerLost(Exception):
+    """The runner a task was on died (its process, or its node) before the task returned."""
+
+    def __init__(self, runner: str, cause: BaseException) -> None:
+        super().__init__(f"runner {runner} lost: {type(cause).__name__}")
+        self.runner = runner
+
+
+@dataclass
+class _Runner:
+    """One runner actor, as the Ray backend sees it."""
+
+    name: str
+    handle: Any
+    slots: int
+    started: asyncio.Task[bool]  # True once it answered; False if it died first
+    load: int = 0  # tasks handed to it and not yet returned
+    alive: bool = True
+
+    @property
+    def ready(self) -> bool:
+        return self.alive and self.started.done() and self.started.result()
+
+
 class RayBackend:
-    """A sink actor pinned to this node, runner actors anywhere, the shared limiter actor."""
+    """A sink actor pinned to this node, runner actors anywhere, the shared limiter actor.
+
+    A runner that dies (its process is killed, its node goes away) fails none of its tasks:
+    `submit` raises `RunnerLost` for each, so the driver can put them back in the queue
+    (engine/requeue.py), and a replacement runner starts. Tasks go only to runners that
+    answer, so a replacement that cannot be placed yet holds nothing up while another runs.
+    """
 
     def __init__(self, ctx: RunContext, url: str, config: Config) -> None:
         self.ctx, self.url, self.config = ctx, url, config
         self.slots = runner_slots(config.parallel, config.ray.slots_per_runner)
         self.buffer = max(2, config.parallel // 10)
-        self.load = [0] * len(self.slots)
+        self.runners: list[_Runner] = []
         self.started_ray = False
+        self.notes: tuple[str, ...] = ()  # for the user, once started: the dashboard
+        self.stop_reason: str | None = None
+        self.draining = False
 
     async def start(self) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.started_ray = init_ray(self.config)
+        started = init_ray(self.config)
+        self.started_ray, self.notes = started.started, started.notes
         namespace, suffix = self.config.ray.namespace, self.ctx.run_id
         # Ray's stubs do not know an actor class's methods; handles are typed Any here.
         sink_class: Any = ray.remote(Sink)
-        runner_class: Any = ray.remote(AgentRunner)
+        self.runner_class: Any = ray.remote(AgentRunner)
         self.sink = sink_class.options(
             name=f"ado-sink-{suffix}",
             namespace=namespace,
@@ -86,47 +131,123 @@ class RayBackend:
             scheduling_strategy=NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=False
             ),
-        ).remote(self.url, give_up_after_s=self.config.store_outage_limit_s)
+        ).remote(self.url, give_up_after_s=self.config.store_outage_limit_s, fence=self.ctx.fence)
         self.limiter = LimiterClient(
             limiter_actor(self.config.limiter, namespace), namespace=namespace
         )
-        self.runners = [
-            runner_class.options(
-                name=f"ado-runner-{suffix}-{i}",
-                namespace=namespace,
-                num_cpus=self.config.ray.runner_num_cpus,
-                max_concurrency=n + self.buffer + 4,
-            ).remote(self.ctx, self.sink, n, f"ado-runner-{suffix}-{i}", self.limiter)
-            for i, n in enumerate(self.slots)
-        ]
-        await asyncio.gather(*(r.ready.remote() for r in self.runners))
+        for slots in self.slots:
+            self._spawn(slots, crash_point(first=True))
+        await asyncio.gather(*(r.started for r in self.runners))
+        if not any(r.ready for r in self.runners):
+            raise RuntimeError("no runner actor started; see the Ray logs (`ray logs`)")
+
+    def _spawn(self, slots: int, env: dict[str, str]) -> _Runner:
+        """Start a runner actor; it takes tasks once it answers."""
+        name = f"ado-runner-{self.ctx.run_id}-{len(self.runners)}"
+        options: dict[str, Any] = {
+            "name": name,
+            "namespace": self.config.ray.namespace,
+            "num_cpus": self.config.ray.runner_num_cpus,
+            "max_concurrency": slots + self.buffer + 4,
+        }
+        if env:
+            options["runtime_env"] = {"env_vars": env}
+        handle = self.runner_class.options(**options).remote(
+            self.ctx, self.sink, slots, name, self.limiter
+        )
+        runner = _Runner(name, handle, slots, asyncio.ensure_future(self._started(handle)))
+        self.runners.append(runner)
+        return runner
+
+    async def _started(self, handle: Any) -> bool:
+        """Wait for a new runner to answer (and pass it a stop already in force)."""
+        try:
+            await handle.ready.remote()
+            if self.stop_reason is not None:
+                await handle.stop_new_agents.remote(self.stop_reason)
+        except Exception as exc:  # it died, or could not be placed or set up
+            logging.getLogger(__name__).warning("a runner actor did not start: %s", exc)
+            return False
+        return True
 
     def submit(self, spec: TaskSpec) -> Awaitable[TaskOutcome]:
-        i = min(range(len(self.runners)), key=lambda k: self.load[k] - self.slots[k])
-        self.load[i] += 1
-        ref = self.runners[i].run.options(name=f"ado:{spec.repo.name}").remote(spec)
-        return asyncio.ensure_future(self._outcome(i, ref, spec))
+        return asyncio.ensure_future(self._run(spec))
 
-    async def _outcome(self, i: int, ref: Any, spec: TaskSpec) -> TaskOutcome:
+    async def _run(self, spec: TaskSpec) -> TaskOutcome:
         import ray
 
+        runner = await self._pick()
+        if runner is None:  # interrupted while no runner answered
+            return TaskOutcome(spec.task_id, spec.repo.key, TaskState.QUEUED, error=INTERRUPTED)
+        runner.load += 1
         try:
-            outcome: TaskOutcome = await ref
+            outcome: TaskOutcome = await runner.handle.run.options(
+                name=f"ado:{spec.repo.name}"
+            ).remote(spec)
             return outcome
-        except ray.exceptions.RayError as exc:  # the runner died, or its task raised
-            message = f"runner lost: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            update = TaskUpdate(
-                spec.task_id, TaskState.FAILED, failure_class=FailureClass.INFRA, error=message
-            )
-            return await record_failure(self, update, spec)
+        except ray.exceptions.RayTaskError:  # raised by the runner's code: not a lost runner
+            raise
+        except ray.exceptions.RayActorError as exc:  # the runner's process or node is gone
+            self._lost(runner)
+            raise RunnerLost(runner.name, exc) from exc
         finally:
-            self.load[i] -= 1
+            runner.load -= 1
+
+    async def _pick(self) -> _Runner | None:
+        """The answering runner with the most free slots; waits while none answers (None
+        once the run is interrupted)."""
+        while not self.draining:
+            ready = [r for r in self.runners if r.ready]
+            if ready:
+                return min(ready, key=lambda r: r.load - r.slots)
+            starting = [r.started for r in self.runners if r.alive and not r.started.done()]
+            if not starting:  # every runner is lost: start one
+                failed = sum(1 for r in self.runners if r.started.done() and not r.started.result())
+                if failed >= MAX_FAILED_STARTS:
+                    raise RuntimeError(
+                        f"{failed} runner actors of this run died before they answered; see "
+                        "the Ray logs (`ray logs`), then `ado resume` the run"
+                    )
+                self._spawn(max(self.slots), crash_point(first=False))
+                continue
+            await asyncio.wait(starting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        return None
+
+    def _lost(self, runner: _Runner) -> None:
+        """Once per runner: forget it, make sure it is gone, start another in its place."""
+        import ray
+
+        if not runner.alive:
+            return
+        runner.alive = False
+        with contextlib.suppress(Exception):  # unreachable but maybe alive: end it for good
+            ray.kill(runner.handle, no_restart=True)
+        if not self.draining:
+            self._spawn(runner.slots, crash_point(first=False))
 
     async def drain(self, grace_s: float) -> None:
-        await asyncio.gather(*(r.drain.remote(grace_s) for r in self.runners))
+        self.draining = True
+        await self._each("drain", grace_s)
 
     async def stop_new_agents(self, reason: str) -> None:
-        await asyncio.gather(*(r.stop_new_agents.remote(reason) for r in self.runners))
+        self.stop_reason = reason  # runners started from now on get it too (`_started`)
+        await self._each("stop_new_agents", reason)
+
+    async def _each(self, method: str, *args: Any) -> None:
+        """Call `method` on every answering runner; one that is lost meanwhile is skipped."""
+        import ray
+
+        runners = [r for r in self.runners if r.ready]
+        calls = (getattr(r.handle, method).remote(*args) for r in runners)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for runner, result in zip(runners, results, strict=True):
+            if isinstance(result, ray.exceptions.RayActorError):
+                self._lost(runner)
+            elif isinstance(result, BaseException):
+                raise result
+
+    async def flush(self) -> None:
+        await self.sink.flush.remote()
 
     async def sink_status(self) -> dict[str, Any]:
         status: dict[str, Any] = await self.sink.status.remote()
@@ -144,8 +265,9 @@ class RayBackend:
         try:
             await self.sink.close.remote()
         finally:
-            for actor in [*self.runners, self.sink]:
-                ray.kill(actor)
+            for actor in [*(r.handle for r in self.runners), self.sink]:
+                with contextlib.suppress(Exception):  # already gone
+                    ray.kill(actor)
             if self.started_ray:
                 ray.shutdown()
 
@@ -168,6 +290,17 @@ async def record_failure(backend: Backend, update: TaskUpdate, spec: TaskSpec) -
     )
 
 
+def crash_point(first: bool) -> dict[str, str]:
+    """The environment that carries a test's crash point (ado_ray/testing.py) to runner
+    actors, which do not inherit the driver's environment on a cluster it joined. Only the
+    first runners get it; their replacements get it switched off, so that a run whose
+    runner it killed finishes on the replacement. Empty when no test asked for one."""
+    value = os.environ.get(CRASH_ENV)
+    if not value:
+        return {}
+    return {CRASH_ENV: value if first else ""}
+
+
 def runner_slots(parallel: int, per_runner: int) -> list[int]:
     """Split `parallel` agent slots over as few runners as `per_runner` allows, evenly."""
     count = -(-parallel // per_runner)
@@ -175,25 +308,69 @@ def runner_slots(parallel: int, per_runner: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(count)]
 
 
-def init_ray(config: Config) -> bool:
-    """Join the configured cluster or start a local instance; True if we started it."""
+@dataclass(frozen=True)
+class RayStart:
+    """What `init_ray` did: `started` if it connected this process (`close` then shuts Ray
+    down here), and what to tell the user: the dashboard it started or kept up."""
+
+    started: bool
+    notes: tuple[str, ...] = ()
+
+
+def init_ray(config: Config) -> RayStart:
+    """Join the configured cluster, or the local instance `ray.keep_dashboard` keeps up
+    (started if none runs), or start a local instance for this process."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return RayStart(False)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {
         "namespace": config.ray.namespace,
         "log_to_driver": False,
         "logging_level": logging.WARNING,
     }
-    if config.ray.address:
+    address = config.ray.address
+    if not address and config.ray.keep_dashboard:
+        from ado_ray.cluster.dashboard import keep_local_head, run_notes
+
+        kept, started = keep_local_head(config.ray.num_cpus)
+        _auth_mode(kept.client_env.get("RAY_AUTH_MODE", "token"))  # the mode it runs with
+        ray.init(address=kept.address, **kwargs)
+        return RayStart(True, tuple(run_notes(kept.dashboard_url, kept, started)))
+    if address:
         # Ray 2.60 turns token authentication on by itself only for a cluster it starts or
         # finds with `auto`; a client given an address must be told, or it cannot join a
         # cluster that wants the token (one without token auth accepts such a client too).
-        if "RAY_AUTH_MODE" not in os.environ and load_token(os.environ) is not None:
-            os.environ["RAY_AUTH_MODE"] = "token"
-        ray.init(address=config.ray.address, **kwargs)
-    else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=config.ray.dashboard, **kwargs)
-    return True
+        if load_token(os.environ) is not None:
+            _auth_mode("token")
+        ray.init(address=address, **kwargs)
+        return RayStart(True)
+    # Token authentication, which Ray 2.60 turns on for a cluster it starts, chosen here:
+    # Ray then does not warn on every run that it turned it on.
+    _auth_mode("token")
+    context = ray.init(
+        num_cpus=config.ray.num_cpus, include_dashboard=config.ray.dashboard, **kwargs
+    )
+    if not (config.ray.dashboard and context.dashboard_url):
+        return RayStart(True)
+    from ado_ray.cluster.dashboard import note_run, run_notes
+
+    url = f"http://{context.dashboard_url}"
+    note_run(url)
+    return RayStart(True, tuple(run_notes(url)))
+
+
+def _auth_mode(mode: str) -> None:
+    """`RAY_AUTH_MODE=mode` for this process and its children, unless the user chose a mode.
+    Ray reads the variable once, when imported: refresh it, as Ray itself does when it turns
+    token authentication on (without this, a process that imported Ray earlier would still
+    run without the token)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = mode
+    from ray import _raylet
+
+    ray_config: Any = getattr(_raylet, "Config", None)  # Ray's stubs do not declare it
+    if ray_config is not None:
+        ray_config.initialize("")

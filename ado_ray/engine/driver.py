@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import secrets
 import signal
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,9 +31,11 @@ from ado_ray.config import Config
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.agent_run import Session
 from ado_ray.engine.backends import Backend, LocalBackend, RayBackend, record_failure
+from ado_ray.engine.lease import HeldLease, run_lock
 from ado_ray.engine.progress import Progress
+from ado_ray.engine.requeue import Requeue
 from ado_ray.engine.spec import RunContext, TaskSpec
-from ado_ray.errors import RunLockedError, StoreError, UsageError, WorkspaceError
+from ado_ray.errors import LeaseLostError, StoreError, UsageError, WorkspaceError
 from ado_ray.models import (
     SUCCESS_STATES,
     FailureClass,
@@ -49,7 +49,6 @@ from ado_ray.models import (
 from ado_ray.store import RunRecord, Store, TaskRecord
 
 T = TypeVar("T")
-LOCK_TTL_S = 30.0
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -103,55 +102,6 @@ def new_run(
     return run
 
 
-@contextlib.contextmanager
-def run_lock(store: Store, run_id: str) -> Iterator[None]:
-    """Hold the run's lease while the driver works, renewing it in the background.
-
-    A lease left by a dead driver on this host (its pid is gone) is taken over at once;
-    one from another host expires after LOCK_TTL_S.
-    """
-    host = socket.gethostname()
-    owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    holder = store.acquire_run_lock(run_id, owner, LOCK_TTL_S)
-    if holder is not None and _dead_local_owner(holder, host):
-        store.break_run_lock(run_id)
-        holder = store.acquire_run_lock(run_id, owner, LOCK_TTL_S)
-    if holder is not None:
-        raise RunLockedError(
-            f"run {run_id} is being driven by {holder}; wait for it to finish, or stop it "
-            f"(the lease expires {LOCK_TTL_S:g}s after its driver dies)"
-        )
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(LOCK_TTL_S / 3):
-            with contextlib.suppress(Exception):  # an outage: the next renewal tries again
-                store.acquire_run_lock(run_id, owner, LOCK_TTL_S)
-
-    thread = threading.Thread(target=renew, name="ado-run-lock", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        with contextlib.suppress(Exception):
-            store.release_run_lock(run_id, owner)
-
-
-def _dead_local_owner(holder: str, host: str) -> bool:
-    parts = holder.split(":")
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-        return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def task_specs(store: Store, tasks: Sequence[TaskRecord]) -> list[TaskSpec]:
     """The unfinished tasks, with their checkpoints and any interrupted agent session."""
     specs = []
@@ -183,8 +133,11 @@ def drive(
     prompt: str | None,
     progress: Progress,
     cwd: Path | None = None,
+    requeue: Sequence[TaskState] = (),
 ) -> BatchResult:
-    """Run every unfinished task of `run`; return the run's final state."""
+    """Run every unfinished task of `run`; return the run's final state. Tasks in a state
+    of `requeue` (a resume's `--retry-failed`, `ado publish`) are queued again first, under
+    the run's lease."""
     cwd = cwd or Path.cwd()
     ctx = RunContext(
         run_id=run.run_id,
@@ -196,6 +149,7 @@ def drive(
         prompt=prompt,
         dry_run=config.dry_run,
         max_attempts=config.max_attempts,
+        keep_workspaces=config.keep_workspaces,
         limits=dict(config.limits),
         limit_wait_timeout_s=config.limit_wait_timeout_s,
         routes=routes(config),
@@ -205,8 +159,11 @@ def drive(
         forges=dict(config.forges),
         tokens=forge_tokens(config, [task.repo for task in store.list_tasks(run.run_id)]),
     )
-    with run_lock(store, run.run_id):
-        store.set_run_status(run.run_id, RunStatus.RUNNING)
+    with run_lock(store, run.run_id, config.lease_ttl_s) as lease:
+        ctx = dataclasses.replace(ctx, fence=lease.fence)  # on every write of the run's sink
+        store.set_run_status(run.run_id, RunStatus.RUNNING, fence=lease.fence)
+        if requeue:
+            store.requeue_tasks(run.run_id, list(requeue), fence=lease.fence)
         tasks = store.list_tasks(run.run_id)
         specs = task_specs(store, tasks)
         progress.start(run, tasks)
@@ -215,9 +172,18 @@ def drive(
             LocalBackend(ctx, url, config) if config.no_ray else RayBackend(ctx, url, config)
         )
         budget = Budget(config.max_cost_usd, spent_so_far(store, tasks))
-        interrupted = run_sync(_loop(backend, ctx, specs, config, store, progress, budget))
+        try:
+            interrupted = run_sync(
+                _loop(backend, ctx, specs, config, store, progress, budget, lease)
+            )
+        except LeaseLostError:
+            with contextlib.suppress(StoreError):  # refused if another driver has the run now
+                store.set_run_status(run.run_id, RunStatus.INTERRUPTED, fence=lease.fence)
+            raise
         store.set_run_status(
-            run.run_id, RunStatus.INTERRUPTED if interrupted else RunStatus.FINISHED
+            run.run_id,
+            RunStatus.INTERRUPTED if interrupted else RunStatus.FINISHED,
+            fence=lease.fence,
         )
         final = store.list_tasks(run.run_id)
         progress.stop(final)
@@ -228,12 +194,13 @@ def forge_tokens(config: Config, repos: Sequence[RepoSpec]) -> dict[str, SecretS
     """host -> token for the forges the run's repositories are on, read from each forge's
     `token_env` here in the driver (tokens never enter the store or the config dump)."""
     hosts = {repo.key.split("/", 1)[0] for repo in repos if not repo.key.startswith("/")}
-    tokens = {}
-    for host in sorted(hosts & set(config.forges)):
-        value = os.environ.get(config.forges[host].token_env)
-        if value:
-            tokens[host] = SecretStr(value)
-    return tokens
+    tokens = {host: config.forges[host].token() for host in sorted(hosts & set(config.forges))}
+    return {host: token for host, token in tokens.items() if token is not None}
+
+
+def respec(store: Store, task: TaskRecord) -> TaskSpec:
+    """An unfinished task's spec as the store has it now (a task whose runner was lost)."""
+    return with_bundle(store, task_specs(store, [task])[0])
 
 
 def with_bundle(store: Store, spec: TaskSpec) -> TaskSpec:
@@ -262,36 +229,46 @@ async def _loop(
     store: Store,
     progress: Progress,
     budget: Budget,
+    lease: HeldLease | None = None,
 ) -> bool:
     """Submit with a bound, collect outcomes, watch health; True if the run was interrupted.
 
     SIGINT/SIGTERM stop submission and give running agents `interrupt_grace_s`. A store
     that stays unreachable beyond `store_outage_limit_s` stops the run the same way and
-    raises `StoreError` at the end: every task is left resumable.
+    raises `StoreError` at the end: every task is left resumable. A lost `lease` stops
+    submission at once and the running agents without grace, and raises `LeaseLostError`.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    health = Health(progress)
+    health = Health(progress, lease)
 
-    def interrupt(reason: str) -> None:
+    def interrupt(reason: str, grace_s: float = config.interrupt_grace_s) -> None:
         if not stop.is_set():
             stop.set()
             progress.note(
-                f"{reason}: letting running agents finish (up to {config.interrupt_grace_s:g}s)"
+                f"{reason}: letting running agents finish (up to {grace_s:g}s)"
+                if grace_s
+                else f"{reason}: starting nothing more, stopping the running agents now"
             )
-            draining.append(loop.create_task(backend.drain(config.interrupt_grace_s)))
+            draining.append(loop.create_task(backend.drain(grace_s)))
 
     draining: list[asyncio.Task[None]] = []
     signals = _handle_signals(loop, interrupt)
     pending = list(reversed(specs))
     inflight: dict[asyncio.Future[TaskOutcome], TaskSpec] = {}
     limit = config.parallel + (0 if config.no_ray else max(2, config.parallel // 10))
+    requeue = Requeue(backend, store, ctx.run_id, respec, ctx.max_attempts, progress, stop.is_set)
     try:
         await backend.start()
+        for note in backend.notes:  # the Ray dashboard's URL, and how to pass its token
+            progress.note(note)
         while inflight or (pending and not stop.is_set()):
             while pending and len(inflight) < limit and not stop.is_set():
+                if lost := health.lease_lost():
+                    interrupt(lost, 0)
+                    break
                 spec = await asyncio.to_thread(with_bundle, store, pending.pop())
-                inflight[asyncio.ensure_future(backend.submit(spec))] = spec
+                inflight[asyncio.ensure_future(requeue.run(spec))] = spec
                 progress.task_started(spec)
             done, _ = await asyncio.wait(inflight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
@@ -302,7 +279,10 @@ async def _loop(
                     progress.note(f"{budget.reason}: starting no more agents")
                     await backend.stop_new_agents(budget.reason)
                     await _skip(backend, progress, pending, budget.reason)
-            if await health.check(backend, store, ctx.run_id):
+            gave_up = await health.check(backend, store, ctx.run_id)
+            if lost := health.lease_lost():
+                interrupt(lost, 0)
+            elif gave_up:
                 interrupt("the state store is unreachable")
         await asyncio.gather(*draining)
     finally:
@@ -310,9 +290,12 @@ async def _loop(
             loop.remove_signal_handler(sig)
         try:
             await backend.close()
-        except StoreError:
-            if not health.store_gave_up:  # else: the message below says what to do
+        except StoreError as exc:
+            if not (health.store_gave_up or health.lease_lost()):  # else: said below
                 raise
+            health.closing_error = exc
+    if lost := health.lease_lost():
+        raise LeaseLostError(health.lease_message(lost, ctx.run_id))
     if health.store_gave_up:
         raise StoreError(
             f"the state store was unreachable for more than {config.store_outage_limit_s:g}s, "
@@ -333,11 +316,14 @@ def _handle_signals(loop: asyncio.AbstractEventLoop, interrupt: Callable[[str], 
 async def _outcome(
     backend: Backend, future: asyncio.Future[TaskOutcome], spec: TaskSpec
 ) -> TaskOutcome:
-    """A finished task's outcome; an exception escaping the runner fails the task (infra)."""
+    """A finished task's outcome; an exception escaping the runner fails the task (infra).
+    (A lost runner is not one: `Requeue` hands its tasks out again.)"""
     try:
         return future.result()
     except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
+        cause = getattr(exc, "cause", None) or exc  # a Ray task error: what the runner raised
+        lines = str(cause).splitlines()
+        message = f"{type(cause).__name__}: {lines[0] if lines else ''}"
         update = TaskUpdate(
             spec.task_id, TaskState.FAILED, failure_class=FailureClass.INFRA, error=message
         )
@@ -384,14 +370,20 @@ async def _skip(backend: Backend, progress: Progress, pending: list[TaskSpec], r
 class Health:
     """About once a second: counts from the store, and whether the store and the limiter
     answer. Outages are shown, not fatal; only a store outage beyond the sink's limit
-    stops the run."""
+    stops the run. At every look, whether the run's lease is still this driver's (the
+    renewal thread's verdict, or a write the store refused)."""
 
-    def __init__(self, progress: Progress, every_s: float = 1.0) -> None:
+    def __init__(self, progress: Progress, lease: HeldLease | None = None, every_s: float = 1.0):
         self.progress = progress
+        self.lease = lease
         self.every_s = every_s
         self.last = 0.0
         self.store_gave_up = False
+        self.closing_error: StoreError | None = None  # closing the sink after a stop failed
         self.shown: dict[str, float | None] = {"store": None, "limiter": None}
+
+    def lease_lost(self) -> str | None:
+        return self.lease.lost() if self.lease is not None else None
 
     async def check(self, backend: Backend, store: Store, run_id: str) -> bool:
         if time.monotonic() - self.last < self.every_s:
@@ -400,11 +392,27 @@ class Health:
         with contextlib.suppress(StoreError):  # the sink's status tells the user about it
             self.progress.update(await asyncio.to_thread(lambda: store.get_run(run_id).counts))
         sink = await backend.sink_status()
+        if sink.get("fenced") and self.lease is not None:
+            self.lease.lose(str(sink["fenced"]))
         self._show("store", sink["failing_since"], sink["last_error"])
         limiter = await backend.limiter_status()
         self._show("limiter", limiter.get("unavailable_since"), limiter.get("last_error"))
         self.store_gave_up = bool(sink["gave_up"])
         return self.store_gave_up
+
+    def lease_message(self, lost: str, run_id: str) -> str:
+        """What the driver says when it stopped because its lease was lost."""
+        refused = self.closing_error if isinstance(self.closing_error, LeaseLostError) else None
+        parts = [lost]
+        if refused is not None and str(refused) not in lost:
+            parts.append(str(refused))
+        elif self.closing_error is not None:
+            parts.append(f"events not yet written are lost ({self.closing_error})")
+        parts.append(
+            "this driver stopped starting agents and stopped its running ones; the run is "
+            f"resumable: ado resume {run_id} (refused while another driver holds the lease)"
+        )
+        return "; ".join(parts)
 
     def _show(self, what: str, since: float | None, error: str | None) -> None:
         if since == self.shown[what]:

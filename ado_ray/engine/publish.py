@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ado_ray import metrics
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.failures import TaskFailed, TaskStopped
 from ado_ray.engine.spec import RunContext
@@ -196,8 +197,9 @@ class Publisher:
             found = await self.forge.find_pr(path, branch, target.head_owner)
             if found is not None:
                 if publish.conflict is Conflict.REPLACE and target.pr_number == found.number:
-                    return await self.forge.update_pr(path, found.number, title, body)
-                return found
+                    updated = await self.forge.update_pr(path, found.number, title, body)
+                    return metrics.pr(updated, "updated")
+                return metrics.pr(found, "existing")
             base = target.base_branch or (await self.forge.repo(path)).default_branch
             # Fork mode: the fork itself (GitLab opens the MR from the fork's project id).
             fork = await self.forge.ensure_fork(path) if target.head_owner else None
@@ -214,4 +216,4 @@ class Publisher:
                 head_owner=target.head_owner,
                 head_repo=fork,
             )
-            return await self.forge.create_pr(path, new)
+            return metrics.pr(await self.forge.create_pr(path, new), "opened")

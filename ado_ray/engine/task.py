@@ -7,7 +7,8 @@ side effect that depends on it. `agent_done` is stored before the runner commits
 `committed` before it pushes. So after a crash at any moment:
 - no `agent_done`: nothing left the workspace; the agent runs again on a fresh checkout;
 - `agent_done`, no `committed`: the agent's edits are still in the task's workspace; the
-  runner commits them (or finds the commit it already made) without running the agent;
+  runner commits them (or finds the commit it already made) without running the agent
+  (on another node, where that workspace is not, the agent runs again: see `execute`);
 - `committed`: the runner (re-)pushes that very commit, which is a no-op if it got there.
 """
 
@@ -22,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ado_ray import metrics
 from ado_ray.agents import Agent, AgentContext
 from ado_ray.agents.routing import Route
 from ado_ray.engine import workspace as ws
@@ -29,6 +31,7 @@ from ado_ray.engine.agent_run import Session, TaskMemory, account, acquire_route
 from ado_ray.engine.failures import TaskFailed, TaskStopped
 from ado_ray.engine.process import (
     PIDFILE,
+    agent_mark,
     build_env,
     kill_stale_agent,
     run_supervised,
@@ -36,7 +39,14 @@ from ado_ray.engine.process import (
 )
 from ado_ray.engine.publish import Publisher, Target
 from ado_ray.engine.spec import Emit, RunContext, TaskSpec
-from ado_ray.errors import AgentError, GitAuthError, OversizedFileError, WorkspaceError
+from ado_ray.errors import (
+    AgentError,
+    GitAuthError,
+    LeaseLostError,
+    OversizedFileError,
+    StoreError,
+    WorkspaceError,
+)
 from ado_ray.limits.actor import LimiterClient
 from ado_ray.limits.base import LimitSpec, LimitTimeout
 from ado_ray.limits.config import route
@@ -73,11 +83,20 @@ async def execute(
     A retryable failure starts over from the checkpoints reached. A provider's rate limit
     is not the task's failure and uses up no attempt: its key cools down for every
     client, and the next try takes the next route (or waits for the reset).
-    `agents` maps each route's limit key to its adapter.
+    `agents` maps each route's limit key to its adapter. `spec.failures` attempts were
+    spent before (by a runner that was lost).
+
+    A task past `agent_done` but not `committed` whose agent's checkout is not on this node
+    (it ran on a node that is gone) runs its agent again at the same base commit: those
+    edits existed nowhere else. (Committing before `agent_done` is durable would not help:
+    a crash during the commit would then cost a new agent run even on the same node.)
     """
     checkpoints = dict(spec.checkpoints)
+    done, committed = Step.AGENT_DONE in checkpoints, Step.COMMITTED in checkpoints
+    if done and not committed and not _agent_checkout_here(ctx, spec):
+        del checkpoints[Step.AGENT_DONE]
     memory = TaskMemory(session=spec.session)
-    tries = failures = 0
+    tries, failures = 0, spec.failures
     while True:
         attempt = spec.attempt + tries + 1
         run = _Run(ctx, spec, agents, emit, owner, limiter, attempt, memory, stop_reason)
@@ -97,6 +116,8 @@ async def execute(
             cls, message = failure.failure_class, str(failure)
         except LimitTimeout as exc:  # limit_wait_timeout_s ran out
             cls, message = FailureClass.RATE_LIMITED, str(exc)
+        except LeaseLostError:
+            raise  # the run is another driver's now: nothing to record, nothing to retry
         except Exception as exc:  # the one broad catch: isolate this repository
             cls, message = FailureClass.INFRA, f"{type(exc).__name__}: {exc}"
         tries += 1
@@ -113,6 +134,28 @@ async def execute(
                 error=message,
                 cost_usd=memory.cost_usd,
             )
+
+
+def tidy_workspace(ctx: RunContext, task_dir: Path, state: TaskState) -> None:
+    """Free a finished task's disk: its checkout and the agent's home (which may hold
+    copied credentials). Kept: the logs; the checkout of a failed task (to look into) and
+    of a dry run's commit (to review); everything with `keep_workspaces`."""
+    if ctx.keep_workspaces:
+        return
+    ws.remove_tree(task_dir / "home")
+    if state is not TaskState.FAILED and not (ctx.dry_run and state is TaskState.CHANGED):
+        ws.remove_tree(task_dir / "repo")
+
+
+def _agent_checkout_here(ctx: RunContext, spec: TaskSpec) -> bool:
+    """Whether this node holds the checkout the `agent_done` agent left its edits in: the
+    task's checkout, and the route mark of that attempt (the last one with a session row),
+    since a node may hold a checkout of an earlier, failed attempt of the same task."""
+    task_dir = ws.task_dir(ctx.work_root, ctx.run_id, spec.task_id)
+    if not (task_dir / "repo").is_dir():
+        return False
+    attempt = spec.recorded_attempts
+    return attempt == 0 or (task_dir / "logs" / f"attempt-{attempt}.route").is_file()
 
 
 class _Run:
@@ -391,6 +434,7 @@ class _Run:
             )
         usage, totals = account(result, chosen, ctx.prices, session)
         usage["limit_wait_s"] = round(waited, 3)
+        metrics.agent_run(agent.name, usage, exit.duration_s)
         memory.cost_usd += usage["cost_usd"]
         if result.session_id:
             memory.session = Session(chosen.provider, result.session_id, totals)
@@ -557,6 +601,10 @@ class _Run:
                 stall_timeout_s=ctx.agent.stall_timeout_s,
                 kill_grace_s=ctx.agent.kill_grace_s,
                 on_start=lambda pid: write_pidfile(task_dir, pid),
+                sandbox=ctx.agent.sandbox,
+                log_cap_mb=ctx.agent.log_cap_mb,
+                mark=agent_mark(task_dir),
+                stop_when=invocation.stop_when,
             )
         except AgentError as exc:
             raise TaskFailed(FailureClass.INPUT, str(exc)) from exc
@@ -581,7 +629,8 @@ class _Run:
                 usage,
                 "interrupted",
             )
-            await asyncio.shield(self.emit([interrupted], True))
+            with contextlib.suppress(StoreError):  # unwritable (a lost lease): stop all the same
+                await asyncio.shield(self.emit([interrupted], True))
             raise
         finally:
             (task_dir / PIDFILE).unlink(missing_ok=True)
