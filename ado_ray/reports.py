@@ -177,7 +177,8 @@ def _session(session: SessionRecord) -> dict[str, Any]:
 def _diffstat(stat: dict[str, Any] | None) -> str | None:
     if not stat:
         return None
-    return f"{stat['files']} files, +{stat['insertions']} -{stat['deletions']}"
+    files = stat["files"]
+    return f"{files} file{'' if files == 1 else 's'}, +{stat['insertions']} -{stat['deletions']}"
 
 
 # Secrets are stored as the names of environment variables and `config.masked()` hides the

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 from ado_ray import api, report_svg, reports
 from ado_ray.cli import main
-from ado_ray.report_timeline import fmt_duration
+from ado_ray.report_timeline import PHASES, fmt_duration
 from tests.conftest import create_repo
 
 pytestmark = pytest.mark.integration
@@ -84,10 +84,13 @@ def test_tasks_carry_times_phases_logs_and_diffstats(run: dict[str, Any]) -> Non
         assert Path(task["sessions"][0]["log"]).is_file()
         assert Path(task["sessions"][0]["stderr_log"]).is_file()
         names = [phase["phase"] for phase in task["phases"]]
-        assert names[0] == "prepare" and "agent" in names
-    assert [p["phase"] for p in changed["phases"]] == ["prepare", "agent", "commit", "publish"]
-    assert [p["phase"] for p in failed["phases"]] == ["prepare", "agent"]
-    assert changed["diffstat"] == "1 files, +2 -0"
+        # In time order; a phase shorter than one sink batch (a quick local prepare) shares
+        # its times with the next change and is dropped (see report_timeline).
+        assert "agent" in names and names == sorted(names, key=PHASES.index)
+    assert {p["phase"] for p in changed["phases"]} >= {"agent"}
+    assert {p["phase"] for p in changed["phases"]} <= {"prepare", "agent", "commit", "publish"}
+    assert [p["phase"] for p in failed["phases"]] in (["prepare", "agent"], ["agent"])
+    assert changed["diffstat"] == "1 file, +2 -0"
     assert (changed["files_changed"], changed["insertions"], changed["deletions"]) == (1, 2, 0)
     assert quiet["diffstat"] is None and quiet["files_changed"] is None
     assert failed["error"] == "exit code 1: cannot fix <script>alert('pwned')</script> & more"
@@ -338,7 +341,7 @@ def test_junit_has_a_time_for_each_case_and_the_suite(run: dict[str, Any]) -> No
     assert suite.get("timestamp") == summary["created_at"][:19]
     changed = by_state(summary)["changed"]
     out = cases[changed["name"]].findtext("system-out") or ""
-    assert "diffstat: 1 files, +2 -0" in out and f"log: {changed['log_path']}" in out
+    assert "diffstat: 1 file, +2 -0" in out and f"log: {changed['log_path']}" in out
 
 
 def test_markdown_has_duration_finish_attempts_diffstat_and_log(run: dict[str, Any]) -> None:
@@ -354,7 +357,7 @@ def test_markdown_has_duration_finish_attempts_diffstat_and_log(run: dict[str, A
     cells = [cell.strip() for cell in row.strip("|").split(" | ")]
     assert cells[:3] == [changed["name"], "changed", "command (default)"]
     assert cells[3] == "1" and cells[4].endswith("s") and re.fullmatch(r"\d\d:\d\d:\d\d", cells[5])
-    assert cells[6] == "1 files, +2 -0" and cells[10] == f"`{changed['log_path']}`"
+    assert cells[6] == "1 file, +2 -0" and cells[10] == f"`{changed['log_path']}`"
     assert f"- finished: {summary['finished_at']}" in md
 
 
@@ -365,7 +368,7 @@ def test_status_shows_duration_finish_diffstat_and_log(run: dict[str, Any]) -> N
     assert table.exit_code == 0, table.output
     assert "duration" in table.output and "finished" in table.output
     assert "diffstat" in table.output
-    assert "1 files, +2 -0" in table.output and "log:" in table.output
+    assert "1 file, +2 -0" in table.output and "log:" in table.output
     changed = by_state(summary)["changed"]
     assert fmt_duration(changed["duration_s"]) in table.output
     as_json = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
