@@ -78,7 +78,8 @@ def test_tasks_carry_times_phases_logs_and_diffstats(run: dict[str, Any]) -> Non
     for task in (changed, quiet, failed):
         assert task["attempts"] == 1 and task["runner"] == "ado-runner-local"
         assert task["started_at"] < task["finished_at"] <= summary["finished_at"]
-        assert 0.4 <= task["agent_s"] <= task["duration_s"]
+        # duration_s is from the store's write times, each late by up to a sink batch
+        assert 0.4 <= task["agent_s"] <= task["duration_s"] + 0.25
         assert [s["attempt"] for s in task["sessions"]] == [1]
         assert task["log_path"] == task["sessions"][0]["log"]
         assert Path(task["sessions"][0]["log"]).is_file()

@@ -1,7 +1,7 @@
 """The aider adapter without the CLI: recorded outputs in, AgentResult out; argv and files.
 
-The recorded real outputs of Aider 0.86.2 are read from ../shared/agent-samples (beside
-the checkout, as on every machine of the project). The excerpts below are lines in the
+The recorded real outputs of Aider 0.86.2 are in samples/ (copied from
+../shared/agent-samples, like the other adapters'). The excerpts below are lines in the
 shapes Aider 0.86.2 prints them (`calculate_and_show_tokens_and_cost`, LiteLLM's errors),
 for what the samples do not show: prices, cache counts, other failures."""
 
@@ -28,17 +28,13 @@ from ado_ray.agents.base import AgentContext
 from ado_ray.config import AgentSettings
 from ado_ray.errors import UsageError
 from ado_ray.models import FailureClass, ProcessExit, RepoSpec
-from tests.agents.conftest import ROOT
+from tests.agents.conftest import SAMPLES
 
-SHARED_SAMPLES = ROOT.parent / "shared" / "agent-samples"
 BANNER = "Aider v0.86.2\nModel: openai/fake-model with whole edit format\nGit repo: .git\n\n"
 
 
 def shared_sample(name: str) -> str:
-    path = SHARED_SAMPLES / name
-    if not path.is_file():
-        pytest.fail(f"{path} is missing; expected the shared agent samples beside the checkout")
-    return path.read_text()
+    return (SAMPLES / name).read_text()
 
 
 @pytest.fixture
