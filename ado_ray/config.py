@@ -74,6 +74,9 @@ class AgentSettings(_Model):
     # pid: one, or the task fails; none: no sandbox (see engine/sandbox.py)
     sandbox: Literal["auto", "pid", "none"] = "auto"
     log_cap_mb: float | None = Field(default=10.0, gt=0)  # per log file and attempt; None: all
+    # An interrupted agent's session files (its transcript), kept in the store up to this
+    # (packed) so that a resume on any node continues the session; 0: never kept.
+    session_state_max_mb: float = Field(default=20.0, ge=0)
 
 
 _SLUG = r"[a-z0-9][a-z0-9_-]{0,31}"

@@ -63,5 +63,9 @@ class OversizedFileError(WorkspaceError):
     """The agent added or changed a file larger than `git.max_file_mb`."""
 
 
+class SessionStateError(WorkspaceError):
+    """A stored agent session state is not what ado-ray packs; nothing of it was restored."""
+
+
 class AgentError(AdoError):
     """The agent could not be started."""

@@ -153,7 +153,18 @@ class BundleEvent:
     data: bytes
 
 
-Event = TaskUpdate | CheckpointEvent | SessionEvent | UsageEvent | BundleEvent
+@dataclass(frozen=True)
+class SessionStateEvent:
+    """The files of an agent attempt's session (a gzip'd tar, engine/session_state.py), so
+    that a resume on another node finds them. Upsert on (task_id, attempt)."""
+
+    task_id: str
+    attempt: int
+    session_id: str
+    data: bytes
+
+
+Event = TaskUpdate | CheckpointEvent | SessionEvent | UsageEvent | BundleEvent | SessionStateEvent
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
-from ado_ray.agents.common import last_line
+from ado_ray.agents.common import last_line, session_paths
 from ado_ray.agents.limit_text import parse_reset
 from ado_ray.config import AgentSettings
 from ado_ray.errors import UsageError
@@ -63,6 +63,7 @@ API_BASE_URL = "https://api.openai.com/v1"
 MAX_TRIES = 3  # per model call: Aider's first two retries (0.25 s, 0.5 s) absorb a blip
 DEFAULT_LIMIT_COOLDOWN_S = 60.0  # a limit whose reset nobody says
 TAGS_CACHE = ".aider.tags.cache.v4"  # Aider's repo-map cache, at the git root
+STATE_DIR = "aider"  # in the task's directory: chat and input histories, model settings
 ENV = {
     "BROWSER": "true",  # "open this URL?" is answered yes: let it open nothing
     "COLUMNS": "1000",  # rich wraps plain output at 80 columns otherwise
@@ -134,7 +135,7 @@ class AiderAgent:
             raise UsageError("the aider agent needs --prompt or --prompt-file")
         if not ctx.prompt_file.read_text(encoding="utf-8").strip():
             raise UsageError(f"{ctx.prompt_file}: the prompt is empty; expected the task")
-        state = ctx.task_dir / "aider"
+        state = ctx.task_dir / STATE_DIR
         state.mkdir(parents=True, exist_ok=True)
         resume = ctx.resume_session
         restore = resume is not None and _history(state, resume).is_file()
@@ -153,9 +154,14 @@ class AiderAgent:
         argv += ["--restore-chat-history" if restore else "--no-restore-chat-history"]
         return Invocation(argv=[*argv, *FLAGS], env=dict(ENV), stop_when=LimitWatch())
 
+    def session_files(self, ctx: AgentContext, session_id: str) -> list[Path]:
+        """The chat history file the adapter names after the session (`TASK/aider/ID.chat.md`):
+        all `--restore-chat-history` reads (the input history is only the prompts)."""
+        return session_paths(ctx, session_id, [f"{STATE_DIR}/{{id}}.chat.md"])
+
     def parse(self, ctx: AgentContext, exit: ProcessExit) -> AgentResult:
         shutil.rmtree(ctx.repo_path / TAGS_CACHE, ignore_errors=True)  # before the commit
-        state = ctx.task_dir / "aider"
+        state = ctx.task_dir / STATE_DIR
         try:
             session: str | None = (state / "session").read_text(encoding="utf-8").strip()
         except OSError:

@@ -14,6 +14,12 @@ from typing import Any, Protocol
 
 from ado_ray.models import FailureClass, ProcessExit, RepoSpec
 
+# Logins the adapters copy into a task's home (Claude Code, Codex, Gemini CLI): never
+# stored with a session, whatever an adapter's `session_files` says.
+CREDENTIAL_NAMES = frozenset(
+    {".credentials.json", ".claude.json", "auth.json", "oauth_creds.json", "google_accounts.json"}
+)
+
 
 @dataclass(frozen=True)
 class AgentContext:
@@ -84,3 +90,11 @@ class Agent(Protocol):
     def invocation(self, ctx: AgentContext) -> Invocation: ...
 
     def parse(self, ctx: AgentContext, exit: ProcessExit) -> AgentResult: ...
+
+    def session_files(self, ctx: AgentContext, session_id: str) -> list[Path]:
+        """The files that make up the agent's session `session_id`, relative to
+        `ctx.task_dir` (the HOME is `home/` in it): what `--resume` needs on a node that
+        never ran the agent. When an attempt is interrupted the engine stores them, and a
+        resume elsewhere restores them before `invocation`. Only the session's own files
+        (`common.session_paths`), never a login: names in `CREDENTIAL_NAMES` are never
+        stored whatever this returns. An agent that resumes nothing returns []."""

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
-from ado_ray.agents.common import json_events, prompt_argument, tail
+from ado_ray.agents.common import json_events, prompt_argument, session_paths, tail
 from ado_ray.agents.limit_text import parse_reset
 from ado_ray.config import AgentSettings
 from ado_ray.models import FailureClass, ProcessExit
@@ -120,6 +120,15 @@ class ClaudeAgent:
 
     def parse(self, ctx: AgentContext, exit: ProcessExit) -> AgentResult:
         return _Stream(Path(exit.stdout_path)).agent_result(exit)
+
+    def session_files(self, ctx: AgentContext, session_id: str) -> list[Path]:
+        """The session's transcript, `projects/<cwd slug>/<id>.jsonl` in the config dir,
+        and its side files (`<id>/subagents/`, `<id>/tool-results/`), as documented for
+        Claude Code's session storage. The transcript is all `--resume` needs, and the CLI
+        finds it under any project's slug (measured with 2.1.332: a session resumed from
+        another checkout path), so it is restored where it was."""
+        patterns = ["~/.claude/projects/*/{id}.jsonl", "~/.claude/projects/*/{id}/**/*"]
+        return session_paths(ctx, session_id, patterns)
 
 
 def _has_session(config_dir: Path, session_id: str) -> bool:

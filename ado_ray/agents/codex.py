@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
-from ado_ray.agents.common import json_events, last_line, prompt_argument
+from ado_ray.agents.common import json_events, last_line, prompt_argument, session_paths
 from ado_ray.agents.limit_text import parse_reset
 from ado_ray.config import AgentSettings
 from ado_ray.errors import UsageError
@@ -92,7 +92,9 @@ class CodexAgent:
         self._seed_auth(codex_home, required=ctx.mode == SUBSCRIPTION_MODE)
         (codex_home / "config.toml").write_text(config_toml(ctx), encoding="utf-8")
         argv = [self.executable, "exec"]
-        if ctx.resume_session:
+        # Without its rollout Codex exits 1 ("no rollout found"): a session whose files are
+        # not here (not stored, over agent.session_state_max_mb) starts afresh instead.
+        if ctx.resume_session and self.session_files(ctx, ctx.resume_session):
             argv += ["resume", ctx.resume_session]
         # The engine always runs in a git checkout; the flag spares Codex's own check.
         argv += ["--json", "--skip-git-repo-check", "--", prompt]
@@ -110,6 +112,13 @@ class CodexAgent:
                 f"codex in the '{SUBSCRIPTION_MODE}' mode uses a ChatGPT login, and {source} "
                 "does not exist; expected `codex login` to have been run as this user"
             )
+
+    def session_files(self, ctx: AgentContext, session_id: str) -> list[Path]:
+        """The thread's rollout, `$CODEX_HOME/sessions/YYYY/MM/DD/rollout-<time>-<id>.jsonl`
+        (Codex's documented layout). It alone lets `codex exec resume ID` continue the
+        thread in a fresh CODEX_HOME (measured with 0.171.0; without it Codex exits 1, "no
+        rollout found for thread id"); its `*.sqlite` state is rebuilt, `auth.json` stays."""
+        return session_paths(ctx, session_id, ["~/.codex/sessions/**/rollout-*-{id}.jsonl"])
 
     def parse(self, ctx: AgentContext, exit: ProcessExit) -> AgentResult:
         run = read_events(Path(exit.stdout_path))

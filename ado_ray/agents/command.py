@@ -236,6 +236,9 @@ class CommandAgent:
         }
         return Invocation(argv=argv, env=env)
 
+    def session_files(self, ctx: AgentContext, session_id: str) -> list[Path]:
+        return []  # a plain command has no session to resume
+
     def parse(self, ctx: AgentContext, exit: ProcessExit) -> AgentResult:
         if exit.returncode == 0:
             return AgentResult(ok=True, exit_code=0)

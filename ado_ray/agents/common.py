@@ -1,9 +1,11 @@
-"""What the CLI adapters share: the prompt as one argument, and reading their logs."""
+"""What the CLI adapters share: the prompt as one argument, reading their logs, finding
+their session files."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ from ado_ray.agents.base import AgentContext
 from ado_ray.errors import UsageError
 
 MAX_PROMPT_BYTES = 120_000  # under Linux's 128 KiB limit on one argument (MAX_ARG_STRLEN)
+# A session id as the CLIs make them (UUIDs, hex); anything else names no files.
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 def prompt_argument(ctx: AgentContext, agent: str) -> str:
@@ -63,3 +67,22 @@ def last_line(path: Path, limit: int = 400) -> str:
     """The last non-empty line of a log, for an error message."""
     lines = [line.strip() for line in tail(path, limit).splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def session_paths(ctx: AgentContext, session_id: str, patterns: Iterable[str]) -> list[Path]:
+    """The regular files of the task's directory that match one of the glob `patterns`,
+    relative to `ctx.task_dir`, sorted. In a pattern, `~/` at the start is the agent's
+    HOME, `{id}` the session id and `{id8}` its first 8 characters. A symlink is never
+    one; a session id that is not a plain word (a UUID, hex) names none."""
+    if not SESSION_ID.fullmatch(session_id):
+        return []
+    home = ctx.home.relative_to(ctx.task_dir).as_posix()
+    found: set[Path] = set()
+    for pattern in patterns:
+        pattern = pattern.format(id=session_id, id8=session_id[:8])
+        if pattern.startswith("~/"):
+            pattern = f"{home}/{pattern[2:]}"
+        for path in ctx.task_dir.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                found.add(path.relative_to(ctx.task_dir))
+    return sorted(found)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ado_ray.agents.base import AgentContext, AgentResult, Invocation
-from ado_ray.agents.common import json_events, prompt_argument
+from ado_ray.agents.common import json_events, prompt_argument, session_paths
 from ado_ray.agents.limit_text import parse_reset
 from ado_ray.config import AgentSettings
 from ado_ray.models import FailureClass, ProcessExit
@@ -131,7 +131,9 @@ class GeminiAgent:
         tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
         argv = [self.executable, f"--prompt={prompt}", "-m", ctx.model or DEFAULT_MODEL]
         argv += ["--output-format", "stream-json", "--approval-mode", "auto_edit", "--skip-trust"]
-        if ctx.resume_session:
+        # Without its chat files the CLI exits 42 ("No previous sessions found for this
+        # project"): a session whose files are not here starts afresh instead.
+        if ctx.resume_session and self.session_files(ctx, ctx.resume_session):
             argv += ["--resume", ctx.resume_session]
         env = {**ENV, "TMPDIR": str(tmp)}
         if ctx.base_url:
@@ -159,6 +161,18 @@ class GeminiAgent:
 
     def parse(self, ctx: AgentContext, exit: ProcessExit) -> AgentResult:
         return _Stream(Path(exit.stdout_path)).result(exit)
+
+    def session_files(self, ctx: AgentContext, session_id: str) -> list[Path]:
+        """The session's chat files, `~/.gemini/tmp/<project>/chats/session-<time>-<id8>.json[l]`
+        (the documented location; the file name carries the id's first 8 characters, a
+        resume may start a second file). `<project>` is a slug of the checkout's directory
+        name (`repo` in every task), so the files land in the project a resume elsewhere
+        uses; its `.project_root` marker and `projects.json` are not kept (they name the
+        old path and would make the CLI pick another slug). Measured with 0.61.0: the chat
+        files alone let `--resume ID` continue the session in a fresh HOME."""
+        chats = "~/.gemini/tmp/*/chats/session-*-{id8}"
+        patterns = [f"{chats}.json", f"{chats}.jsonl"]
+        return session_paths(ctx, session_id, patterns)
 
 
 def _write_private(path: Path, text: str) -> None:

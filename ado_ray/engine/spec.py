@@ -62,4 +62,7 @@ class TaskSpec:
     session: Session | None = None  # an interrupted agent session to continue
     recorded_attempts: int = 0  # the highest agent attempt the store has a session row for
     bundle: bytes | None = None  # the stored commit, for a task past `committed` (publish)
+    # the stored files of `session` (a tar.gz, engine/session_state.py), for a resume on a
+    # node that does not have them; fetched at submission, as `bundle` is
+    session_state: bytes | None = None
     failures: int = 0  # attempts of --max-attempts already spent in this run (a lost runner's)

@@ -27,6 +27,7 @@ from ado_ray.models import (
     RepoSpec,
     RunStatus,
     SessionEvent,
+    SessionStateEvent,
     Step,
     TaskState,
     TaskUpdate,
@@ -245,7 +246,7 @@ def event_params(event: Event) -> dict[str, Any]:
             params["terminal"] = event.state.terminal
         case CheckpointEvent():
             params["step"] = event.step.value
-        case BundleEvent():
+        case BundleEvent() | SessionStateEvent():
             params["size"] = len(event.data)
         case SessionEvent() | UsageEvent():
             pass
@@ -264,6 +265,7 @@ class Batch:
     sessions: list[dict[str, Any]] = field(default_factory=list)
     usage: list[dict[str, Any]] = field(default_factory=list)
     bundles: list[dict[str, Any]] = field(default_factory=list)
+    session_states: list[dict[str, Any]] = field(default_factory=list)
 
 
 def plan_batch(events: Iterable[Event]) -> Batch:
@@ -280,7 +282,8 @@ def plan_batch(events: Iterable[Event]) -> Batch:
       nothing (a heartbeat), as the query's `IS DISTINCT FROM` already makes sure.
     - Checkpoints, sessions and usage are upserts that overwrite every column but
       created_at (the transaction's time in every row): only the last event per key counts.
-    - Bundles keep every event, in order (a replaced bundle resets created_at).
+    - Bundles keep every event, in order (a replaced bundle resets created_at); so do
+      session states (upserts on (task, attempt)).
     """
     batch = Batch()
     last_update: dict[str, TaskUpdate] = {}
@@ -311,6 +314,8 @@ def plan_batch(events: Iterable[Event]) -> Batch:
                 usage[event.task_id, event.attempt, event.key] = params
             case BundleEvent():
                 batch.bundles.append(params)
+            case SessionStateEvent():
+                batch.session_states.append(params)
     batch.checkpoints = list(checkpoints.values())
     batch.sessions = list(sessions.values())
     batch.usage = list(usage.values())

@@ -323,7 +323,14 @@ def test_argv_env_and_config(agent: CodexAgent, tmp_path: Path) -> None:
 
 
 def test_resume_argv(agent: CodexAgent, tmp_path: Path) -> None:
-    invocation = agent.invocation(context(tmp_path, "-go on", resume_session=THREAD))
+    ctx = context(tmp_path, "-go on", resume_session=THREAD)
+    assert agent.invocation(ctx).argv[1:3] == ["exec", "--json"]  # no rollout: start afresh
+    rollout = (
+        tmp_path / f"home/.codex/sessions/2026/12/02/rollout-2026-12-02T10-00-00-{THREAD}.jsonl"
+    )
+    rollout.parent.mkdir(parents=True)
+    rollout.write_text("{}\n")
+    invocation = agent.invocation(ctx)
     assert invocation.argv[1:] == [
         "exec",
         "resume",

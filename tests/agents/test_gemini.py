@@ -118,6 +118,10 @@ def test_invocation_model_resume_base_url_and_cmd(tmp_path: Path, user_home: Pat
         resume_session=SESSION,
         base_url="http://127.0.0.1:9/gw",
     )
+    assert "--resume" not in agent.invocation(ctx).argv  # no chat files: start afresh
+    chat = ctx.home / f".gemini/tmp/repo/chats/session-2026-12-02T10-00-{SESSION[:8]}.jsonl"
+    chat.parent.mkdir(parents=True)
+    chat.write_text("{}\n")
     inv = agent.invocation(ctx)
     assert inv.argv[0] == "/opt/bin/gemini"
     assert inv.argv[1] == "--prompt=-x looks like an option\nsecond line"

@@ -148,7 +148,9 @@ class AnthropicStub:
             return [{"type": "text", "text": "done"}], "end_turn"
         if any(m.get("role") == "assistant" and _has_block(m, "tool_use") for m in messages):
             return [{"type": "text", "text": RESUMED_TEXT}], "end_turn"
-        cwd = next(filter(None, map(_CWD.search, _texts(body))), None)
+        # The last one: a session resumed from another checkout (another node) holds the
+        # old working directory in its first turn, and the CLI states the new one after it.
+        cwd = next(filter(None, map(_CWD.search, reversed(_texts(body)))), None)
         path = f"{cwd.group(1)}/{self.file_name}" if cwd else self.file_name
         path = self.write_to or path
         tool_use = {
