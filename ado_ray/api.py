@@ -20,8 +20,8 @@ from ado_ray.agents import make_agent
 from ado_ray.agents.command import CommandAgent
 from ado_ray.agents.routing import routes
 from ado_ray.config import Config, build_config, deep_merge
-from ado_ray.engine.backends import init_ray
-from ado_ray.engine.driver import BatchResult, drive, new_run, run_sync, state_url
+from ado_ray.engine.backends import RayThread, init_ray
+from ado_ray.engine.driver import BatchResult, drive, new_run, run_sync, run_tasks, state_url
 from ado_ray.engine.lease import driver_gone, gone_note
 from ado_ray.engine.process import build_env
 from ado_ray.engine.progress import Progress, make_progress
@@ -39,6 +39,7 @@ from ado_ray.limits.base import LimiterUnavailable, LimitSpec
 from ado_ray.models import RepoSpec, TaskState
 from ado_ray.repos import format_repo_line, parse_repo_list
 from ado_ray.store import RunRecord, Store, describe_store, open_store
+from ado_ray.trace import mark
 
 RUN_KEYS = (  # kept by a resumed run (flags given to `ado resume` still win)
     "agent", "git", "dry_run", "max_attempts", "publish", "parallel", "fallback",
@@ -327,21 +328,49 @@ def start(
     sources: ConfigSources,
     progress_stream: IO[str],
     progress: Progress | None = None,
+    ray: RayThread | None = None,
 ) -> BatchResult:
+    """Plan and drive a new run. Ray starts (`ray`, if given, is begun; the caller then
+    joins it) as soon as the config is known, and comes up while the list is parsed and
+    checked and the store opened; the run is stored only once Ray answers."""
     config = load_config(sources)
-    repos, prompt = plan(repo_list, config)
-    check_services(config)
-    return start_planned(
-        config, repos, str(repo_list), prompt, progress or make_progress(progress_stream)
-    )
+    mark("config resolved")
+    with ray_for(config, ray) as ray:
+        repos, prompt = plan(repo_list, config)
+        mark("planned")
+        check_services(config)
+        mark("services answer")
+        return start_planned(
+            config, repos, str(repo_list), prompt, progress or make_progress(progress_stream), ray
+        )
 
 
 def start_planned(
-    config: Config, repos: list[RepoSpec], source: str, prompt: str | None, progress: Progress
+    config: Config,
+    repos: list[RepoSpec],
+    source: str,
+    prompt: str | None,
+    progress: Progress,
+    ray: RayThread | None = None,
 ) -> BatchResult:
-    with opened_store(config) as store:
+    with ray_for(config, ray) as ray, opened_store(config) as store:
+        ray.result()  # a Ray that does not start leaves nothing written
         run = new_run(store, config, repos, source, prompt)
-        return _drive(store, config, run.run_id, prompt, progress)
+        mark("run stored")
+        return _drive(store, config, run.run_id, prompt, progress, ray=ray)
+
+
+@contextmanager
+def ray_for(config: Config, given: RayThread | None) -> Iterator[RayThread]:
+    """`given`, begun for `config` (its owner joins it), or a `RayThread` of this block,
+    joined at its end (Ray shut down), however the block ends."""
+    ray = given if given is not None else RayThread()
+    ray.begin(config)
+    try:
+        yield ray
+    finally:
+        if given is None:
+            ray.join()
 
 
 def resume(
@@ -350,26 +379,33 @@ def resume(
     retry_failed: bool,
     progress_stream: IO[str],
     progress: Progress | None = None,
+    ray: RayThread | None = None,
 ) -> BatchResult:
     """Continue a run with its own agent and git settings (flags given now still win)."""
     requeue = [TaskState.FAILED, TaskState.SKIPPED] if retry_failed else []
-    return _resume(run_id, sources, requeue, progress or make_progress(progress_stream))
+    return _resume(run_id, sources, requeue, progress or make_progress(progress_stream), ray)
 
 
 def _resume(
-    run_id: str, sources: ConfigSources, requeue: list[TaskState], progress: Progress
+    run_id: str,
+    sources: ConfigSources,
+    requeue: list[TaskState],
+    progress: Progress,
+    ray: RayThread | None = None,
 ) -> BatchResult:
     with run_store(load_config(sources), run_id) as store:
         run = store.get_run(run_id)
         stored = {key: run.config[key] for key in RUN_KEYS if key in run.config}
         stored.get("agent", {}).pop("env", None)  # masked when stored; comes from config now
         config = load_config(sources.with_overrides(stored))
-        prompt = run.config.get("prompt")
-        repos = [task.repo for task in store.list_tasks(run.run_id)]
-        check_agents(config, repos, run.repo_list)
-        check_publish(config, repos, run.repo_list)
-        check_services(config)
-        return _drive(store, config, run.run_id, prompt, progress, requeue)
+        with ray_for(config, ray) as ray:  # Ray comes up while the run is checked
+            prompt = run.config.get("prompt")
+            repos = [task.repo for task in run_tasks(store, run.run_id)]  # a page at a time
+            check_agents(config, repos, run.repo_list)
+            check_publish(config, repos, run.repo_list)
+            check_services(config)
+            ray.result()  # a Ray that does not start leaves the run as it was
+            return _drive(store, config, run.run_id, prompt, progress, requeue, ray)
 
 
 def publish(
@@ -377,6 +413,7 @@ def publish(
     sources: ConfigSources,
     progress_stream: IO[str],
     progress: Progress | None = None,
+    ray: RayThread | None = None,
 ) -> BatchResult:
     """Push (and with `publish.pr`, open PRs for) the commits of RUN_ID, e.g. a dry run's,
     from the commits kept in the store: no agent runs again."""
@@ -384,7 +421,8 @@ def publish(
     forced = ConfigSources(
         sources.config_file, deep_merge(dict(live), {"dry_run": False}), sources.context
     )
-    return _resume(run_id, forced, [TaskState.CHANGED], progress or make_progress(progress_stream))
+    changed = [TaskState.CHANGED]
+    return _resume(run_id, forced, changed, progress or make_progress(progress_stream), ray)
 
 
 def _drive(
@@ -394,13 +432,34 @@ def _drive(
     prompt: str | None,
     progress: Progress,
     requeue: Sequence[TaskState] = (),
+    ray: RayThread | None = None,
 ) -> BatchResult:
     progress.attach(store)  # the display reads each task's phase from the store
     try:
-        result = drive(store, config, store.get_run(run_id), prompt, progress, requeue=requeue)
+        run = store.get_run(run_id)
+        result = drive(store, config, run, prompt, progress, requeue=requeue, ray=ray)
     finally:
         progress.close()  # before the store closes, however the run ended
-    return dataclasses.replace(result, summary=reports.run_summary(store, result.run, result.tasks))
+    return dataclasses.replace(
+        result,
+        summarize=lambda: read_summary(config, run_id),
+        write_json=lambda out: write_summary(config, run_id, out),
+    )
+
+
+def read_summary(config: Config, run_id: str) -> dict[str, Any]:
+    """The run's summary (reports.run_summary, every task in it), from the store."""
+    with run_store(config, run_id) as store:
+        return reports.run_summary(store, store.get_run(run_id))
+
+
+def write_summary(config: Config, run_id: str, out: IO[str], driver: bool = False) -> None:
+    """The run's summary as JSON on `out`, a page of tasks at a time (with `driver`, the
+    run's lease too, as `status --json` shows it)."""
+    with run_store(config, run_id) as store:
+        run = store.get_run(run_id)
+        summary = reports.run_summary(store, run, lazy=True)
+        reports.write_json(summary | ({"driver": driver_info(run)} if driver else {}), out)
 
 
 def list_runs(sources: ConfigSources, limit: int = 50) -> list[dict[str, Any]]:
@@ -425,6 +484,31 @@ def summary(run_id: str, sources: ConfigSources) -> dict[str, Any]:
     with run_store(load_config(sources), run_id) as store:
         run = store.get_run(run_id)
         return reports.run_summary(store, run) | {"driver": driver_info(run)}
+
+
+def status(run_id: str, sources: ConfigSources) -> dict[str, Any]:
+    """`ado status`: reports.status_summary, with the run's lease."""
+    with run_store(load_config(sources), run_id) as store:
+        run = store.get_run(run_id)
+        return reports.status_summary(store, run) | {"driver": driver_info(run)}
+
+
+def write_status_json(run_id: str, sources: ConfigSources, out: IO[str]) -> None:
+    """`ado status --json`: `summary`'s object, written a page of tasks at a time."""
+    write_summary(load_config(sources), run_id, out, driver=True)
+
+
+def write_report(run_id: str, sources: ConfigSources, fmt: str, out: IO[str]) -> None:
+    """`ado report`: the run's report in `fmt` (reports.FORMATS) on `out`, its tasks read
+    from the store a page at a time (JSON is also written so)."""
+    config = load_config(sources)
+    if fmt == "json":
+        write_summary(config, run_id, out)
+        return
+    with run_store(config, run_id) as store:
+        out.write(
+            reports.FORMATS[fmt](reports.run_summary(store, store.get_run(run_id), lazy=True))
+        )
 
 
 def driver_info(run: RunRecord) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from ado_ray.cli_options import (
 )
 from ado_ray.cluster.commands import cluster, dashboard
 from ado_ray.errors import UsageError
+from ado_ray.trace import mark
 
 # click parameter → dotted config key; only parameters the user set (flag or ADO_* env) count.
 CONFIG_KEYS = {
@@ -113,12 +114,15 @@ def run_options(func: F) -> F:
             help="Start the Ray dashboard with the run's local Ray instance; prints its URL.",
         ),
         option(
+            "--keep-ray",
             "--keep-dashboard",
+            "keep_dashboard",
             is_flag=True,
             default=None,
-            env="ADO_KEEP_DASHBOARD",
+            env=["ADO_KEEP_RAY", "ADO_KEEP_DASHBOARD"],
             help="Run on a local Ray instance that stays up after the run, with its dashboard "
-            "(started if none runs; `ado dashboard --stop` ends it).",
+            "(ray.keep_dashboard): the first run starts it, the next ones join it at once "
+            "instead of starting Ray; `ado dashboard --stop` ends it.",
         ),
         option(
             "--json",
@@ -165,7 +169,34 @@ def _sources(ctx: click.Context, params: dict[str, Any]) -> Any:
     return ConfigSources(params.get("config_file"), data, params.get("context"))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class RunFinished(SystemExit):
+    """A run's command is done: results printed, its Ray shut down (exit code: `code`)."""
+
+
+class AdoGroup(click.Group):
+    """The `ado` process. After a run's command (`RunFinished`) it exits at once with
+    `os._exit`, once the output is flushed: everything is closed by then, and what is left
+    is the interpreter's own teardown, which after Ray costs 0.5-1 s here. Only this
+    entry point does so; click's test runner calls `main.main()`, which is left as it is."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.main(*args, **kwargs)
+        except RunFinished as done:
+            import logging
+
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            mark("exit")
+            os._exit(done.code if isinstance(done.code, int) else 1)
+
+
+@click.group(
+    cls=AdoGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="ado-ray")
 @store_options
 @click.pass_context
@@ -279,6 +310,7 @@ def batch(
     **params: Any,
 ) -> None:
     """Run the agent in every repository of REPO_LIST (one per line; see the README)."""
+    mark("cli parsed")
     from ado_ray import api
     from ado_ray.cluster import jobs
 
@@ -288,8 +320,9 @@ def batch(
             api.check_resume_list(repo_list, resume_id, sources)
         if jobs.job_mode(sources):  # a Ray dashboard is configured: run as a Ray job there
             sys.exit(jobs.submit_resume(resume_id, sources, retry_failed, as_json=as_json))
-        with _json_stdout(as_json) as out:
-            result = api.resume(resume_id, sources, retry_failed, _progress_stream(as_json))
+        with _run_output(as_json) as (out, ray):
+            stream = _progress_stream(as_json)
+            result = api.resume(resume_id, sources, retry_failed, stream, ray=ray)
             _finish(result, as_json, out)
     else:
         if repo_list is None:
@@ -299,8 +332,8 @@ def batch(
             return
         if jobs.job_mode(sources):
             sys.exit(jobs.submit_batch(repo_list, sources, as_json=as_json))
-        with _json_stdout(as_json) as out:
-            result = api.start(repo_list, sources, _progress_stream(as_json))
+        with _run_output(as_json) as (out, ray):
+            result = api.start(repo_list, sources, _progress_stream(as_json), ray=ray)
             _finish(result, as_json, out)
 
 
@@ -314,8 +347,8 @@ def publish(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> No
     """Push RUN_ID's commits (e.g. a --dry-run's) and, with --pr, open their PRs; no agent runs."""
     from ado_ray import api
 
-    with _json_stdout(as_json) as out:
-        result = api.publish(run_id, _sources(ctx, params), _progress_stream(as_json))
+    with _run_output(as_json) as (out, ray):
+        result = api.publish(run_id, _sources(ctx, params), _progress_stream(as_json), ray=ray)
         _finish(result, as_json, out)
 
 
@@ -336,8 +369,9 @@ def resume(
     """Continue RUN_ID from each task's last checkpoint (same as batch --resume)."""
     from ado_ray import api
 
-    with _json_stdout(as_json) as out:
-        result = api.resume(run_id, _sources(ctx, params), retry_failed, _progress_stream(as_json))
+    with _run_output(as_json) as (out, ray):
+        sources, stream = _sources(ctx, params), _progress_stream(as_json)
+        result = api.resume(run_id, sources, retry_failed, stream, ray=ray)
         _finish(result, as_json, out)
 
 
@@ -376,14 +410,14 @@ def runs(ctx: click.Context, limit: int, as_json: bool, **params: Any) -> None:
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> None:
-    """Counts per state and a table of the run's repositories."""
+    """Counts per state and a table of the run's repositories (at most 100: the failed
+    ones first; `--json` and `ado report` have every one)."""
     from ado_ray import api
 
-    summary = api.summary(run_id, _sources(ctx, params))
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        api.write_status_json(run_id, _sources(ctx, params), sys.stdout)
         return
-    _print_status(summary)
+    _print_status(api.status(run_id, _sources(ctx, params)))
 
 
 @main.command()
@@ -409,13 +443,14 @@ def status(ctx: click.Context, run_id: str, as_json: bool, **params: Any) -> Non
 def report(ctx: click.Context, run_id: str, fmt: str, output: Path | None, **params: Any) -> None:
     """Write the run's report as Markdown, JSON, JUnit XML or one self-contained HTML page
     (charts included: open it offline, e.g. `--format html -o run.html`)."""
-    from ado_ray import api, reports
+    from ado_ray import api
 
-    text = reports.FORMATS[fmt](api.summary(run_id, _sources(ctx, params)))
+    sources = _sources(ctx, params)
     if output is None:
-        click.echo(text, nl=False)
-    else:
-        output.write_text(text, encoding="utf-8")
+        api.write_report(run_id, sources, fmt, sys.stdout)
+        return
+    with open(output, "w", encoding="utf-8") as out:
+        api.write_report(run_id, sources, fmt, out)
 
 
 @main.command("watch")
@@ -654,7 +689,16 @@ def _print_status(summary: dict[str, Any]) -> None:
 
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
     status = api.status_text(summary)
-    table = Table(title=f"{summary['name']} ({summary['run_id']}) · {status} · {counts}")
+    hidden = summary["total"] - len(summary["tasks"])
+    caption = (
+        f"… and {hidden} more (the failed ones are shown first): ado status "
+        f"{summary['run_id']} --json, or ado report {summary['run_id']}"
+        if hidden
+        else None
+    )
+    table = Table(
+        title=f"{summary['name']} ({summary['run_id']}) · {status} · {counts}", caption=caption
+    )
     day = summary["created_at"][:10]
     columns = ("repository", "state", "attempts", "duration", f"finished ({day})", "diffstat")
     for column in (*columns, "commit", "where / error · log"):
@@ -711,13 +755,40 @@ def _json_stdout(as_json: bool) -> Iterator[IO[str]]:
         out.close()
 
 
+@contextlib.contextmanager
+def _run_output(as_json: bool) -> Iterator[tuple[IO[str], Any]]:
+    """`_json_stdout`, and the run's Ray (api.py begins it once the config is known).
+    Ray shuts down in its own thread while the results are printed; at the end, once they
+    are out, this waits for it, so the process leaves no Ray process behind."""
+    from ado_ray.engine.backends import RayThread
+
+    ray = RayThread()
+    with _json_stdout(as_json) as out:
+        finished = False
+        try:
+            yield out, ray
+        except RunFinished:
+            finished = True
+            raise
+        finally:
+            out.flush()
+            if finished and ray.attached:  # `AdoGroup` exits while Ray disconnects
+                ray.stop()
+            else:
+                ray.join()
+
+
 def _finish(result: Any, as_json: bool, out: IO[str]) -> None:
     if as_json:
-        click.echo(json.dumps(result.summary, indent=2), file=out)
+        if result.write_json is not None:  # a task at a time
+            result.write_json(out)
+        else:
+            click.echo(json.dumps(result.summary, indent=2), file=out)
     else:
         counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
         click.echo(f"run {result.run.run_id} ({result.run.name}): {counts}")
         if result.interrupted:
             click.echo(f"interrupted; continue with: ado resume {result.run.run_id}")
         click.echo(f"report: ado report {result.run.run_id}")
-    sys.exit(result.exit_code)
+    mark("results printed")
+    raise RunFinished(result.exit_code)

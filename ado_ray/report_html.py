@@ -142,9 +142,8 @@ def _header(summary: dict[str, Any]) -> str:
 
 
 def _summary(summary: dict[str, Any]) -> str:
-    tasks = summary["tasks"]
     counts: dict[str, int] = summary["counts"]
-    total = len(tasks)
+    total = len(summary["tasks"])
     order = [s for s in STATES if s in counts] + [s for s in counts if s not in STATES]
     cards = [f'<div class="card"><b>{total:,}</b><span class="label">repositories</span></div>']
     for state in order:
@@ -157,15 +156,19 @@ def _summary(summary: dict[str, Any]) -> str:
     )
     usage = summary["usage"]
     tokens = {name: sum(u["tokens"][name] for u in usage) for name in ("input", "output")}
-    agent_s = sum(task["agent_s"] for task in tasks)
-    wait_s = sum(task["limit_wait_s"] for task in tasks)
+    agent_s = wait_s = 0.0
+    runs = 0
+    for task in summary["tasks"]:  # one pass: a run's tasks may be read from the store
+        agent_s += task["agent_s"]
+        wait_s += task["limit_wait_s"]
+        runs += len(task["sessions"])
     figures = [
         ("cost", f"${summary['cost_usd']:,.2f}"),
         ("input / output tokens", f"{tokens['input']:,} / {tokens['output']:,}"),
         ("wall time", fmt_duration(summary["duration_s"]) or "running"),
         ("agent time (sum)", fmt_duration(agent_s) or "0s"),
         ("waiting for limits", fmt_duration(wait_s) or "0s"),
-        ("agent runs", f"{sum(len(task['sessions']) for task in tasks):,}"),
+        ("agent runs", f"{runs:,}"),
     ]
     numbers = "".join(f"<div><dt>{name}</dt><dd>{value}</dd></div>" for name, value in figures)
     body = (
@@ -223,8 +226,11 @@ def _phase(data: dict[str, Any]) -> Phase:
 
 
 def _timeline(summary: dict[str, Any]) -> str:
-    tasks = summary["tasks"]
-    per_task = [(task, stints(task["task_id"], map(_phase, task["phases"]))) for task in tasks]
+    tasks = summary["tasks"]  # read once; each task kept only as `_slim` of it
+    per_task = [
+        (_slim(task, TIMELINE_KEYS), stints(task["task_id"], map(_phase, task["phases"])))
+        for task in tasks
+    ]
     moments = [datetime.fromisoformat(summary["created_at"])]
     for task, spans in per_task:
         for stint in spans:
@@ -276,6 +282,15 @@ def _timeline(summary: dict[str, Any]) -> str:
     return _section("timeline", "Timeline", f'<div class="legend">{legend}</div>{chart}', note=note)
 
 
+TIMELINE_KEYS = ("task_id", "name", "state", "attempts", "finished_at")
+FAILURE_KEYS = ("task_id", "name", "failure_class", "error")
+
+
+def _slim(task: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """What a section keeps of a task while it reads them all (a run may have 100,000)."""
+    return {key: task[key] for key in keys}
+
+
 def _stint_title(task: dict[str, Any], phases: Iterable[Phase]) -> str:
     lines = [f"{task['name']} — {task['state']}"]
     for phase in phases:
@@ -310,7 +325,7 @@ def _durations(summary: dict[str, Any]) -> str:
 
 
 def _failures(summary: dict[str, Any]) -> str:
-    failed = [task for task in summary["tasks"] if task["state"] == "failed"]
+    failed = [_slim(t, FAILURE_KEYS) for t in summary["tasks"] if t["state"] == "failed"]
     if not failed:
         return _section("failures", "Failures", '<p class="empty">No task failed.</p>')
     by_class: dict[str, dict[str, list[dict[str, Any]]]] = {}

@@ -5,15 +5,21 @@ The JSON object is also what `ado batch --json` prints at the end of a run. Time
 8601 in UTC. A task's `phases` (prepare, limit wait, agent, commit, publish, each with its
 start, end and runner) come from the store's record of its state changes
 (`report_timeline.py`); its `duration_s` is the time it held a runner slot.
+
+A run of 100,000 tasks is never held whole: the store is read a page of tasks at a time
+(`task_rows`: the page, then its checkpoints, sessions and changes of state in one read
+each). `run_summary(..., lazy=True)` gives the summary with `tasks` as `TaskRows`, which
+reads the pages again at each pass; `write_json` writes such a summary a task at a time,
+and the renderers below take one too (they build their text, not every task's row).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 from xml.etree import ElementTree as ET
 
 from ado_ray import report_html
@@ -25,22 +31,85 @@ from ado_ray.store.base import Transition
 
 SUMMARY_CHARS = 500  # of the agent's own account of its work, per task
 NOT_RUN = {TaskState.SKIPPED.value, TaskState.CANCELLED.value, TaskState.QUEUED.value}
+PAGE = 1000  # tasks read from the store at a time
+
+
+def pages(store: Store, run_id: str, page: int | None = None) -> Iterator[list[TaskRecord]]:
+    """The run's tasks in list order, a page at a time."""
+    after = -1
+    while tasks := store.task_page(run_id, after, page or PAGE):
+        yield tasks
+        after = tasks[-1].seq
+
+
+def rows_of(store: Store, tasks: Sequence[TaskRecord]) -> list[dict[str, Any]]:
+    """The report's row of each task (with its `_sessions` usages): one read each of the
+    tasks' checkpoints, sessions and changes of state."""
+    ids = [task.task_id for task in tasks]
+    if not ids:
+        return []
+    checkpoints, sessions = store.checkpoints_of(ids), store.sessions_of(ids)
+    changes = store.transitions_of(ids)
+    return [
+        _task(
+            task,
+            checkpoints.get(task.task_id, {}),
+            sessions.get(task.task_id, []),
+            changes.get(task.task_id, []),
+        )
+        for task in tasks
+    ]
+
+
+def task_rows(store: Store, run_id: str, page: int | None = None) -> Iterator[dict[str, Any]]:
+    """Every task's row, in list order, read a page at a time."""
+    for tasks in pages(store, run_id, page):
+        yield from rows_of(store, tasks)
+
+
+class TaskRows(Sequence[dict[str, Any]]):
+    """A run's task rows as a sequence that holds none of them: each pass reads the store
+    again, a page at a time (the store must stay open). `len` is the run's task count."""
+
+    def __init__(self, store: Store, run_id: str, total: int) -> None:
+        self.store, self.run_id, self.total = store, run_id, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in task_rows(self.store, self.run_id):
+            yield _public(row)
+
+    def __getitem__(self, index: Any) -> Any:
+        raise TypeError("TaskRows is read in order only; iterate over it")
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "_sessions"}
 
 
 def run_summary(
-    store: Store, run: RunRecord, tasks: list[TaskRecord] | None = None
+    store: Store, run: RunRecord, tasks: list[TaskRecord] | None = None, *, lazy: bool = False
 ) -> dict[str, Any]:
-    tasks = store.list_tasks(run.run_id) if tasks is None else tasks
-    counts: dict[str, int] = {}
-    for task in tasks:
-        counts[task.state.value] = counts.get(task.state.value, 0) + 1
-    changes: dict[str, list[Transition]] = {}
-    for change in store.transitions(run.run_id):
-        changes.setdefault(change.task_id, []).append(change)
-    rows = [_task(store, task, changes.get(task.task_id, [])) for task in tasks]
-    ends = [row["finished_at"] for row in rows]
-    finished = max(ends) if ends and all(ends) else None  # ISO UTC text sorts as time does
+    """The run's report as one JSON object. With `lazy` (and no `tasks`), `tasks` is a
+    `TaskRows` and the totals come from one pass over the store that keeps no row."""
+    if tasks is not None:
+        chunks = [tasks[i : i + PAGE] for i in range(0, len(tasks), PAGE)]
+        rows: Any = [row for chunk in chunks for row in rows_of(store, chunk)]
+    elif lazy:
+        rows = _totals_rows(store, run.run_id)
+    else:
+        rows = task_rows(store, run.run_id)
+    totals = _Totals()
+    kept: list[dict[str, Any]] = []
+    for row in rows:
+        totals.add(row)
+        if not lazy:
+            kept.append(_public(row))
+    finished = totals.finished_at()
     created = run.created_at.isoformat()
+    counts = {s.value: totals.counts[s.value] for s in TaskState if s.value in totals.counts}
     return {
         "run_id": run.run_id,
         "name": run.name,
@@ -51,27 +120,58 @@ def run_summary(
         "duration_s": _seconds(created, finished),
         "repo_list": run.repo_list,
         "counts": counts,
-        "cost_usd": round(sum(row["cost_usd"] for row in rows), 6),
-        "usage": _totals(rows),
+        "cost_usd": round(totals.cost_usd, 6),
+        "usage": totals.usage(),
         "config": masked_settings(run.config),
-        "tasks": [{k: v for k, v in row.items() if k != "_sessions"} for row in rows],
+        "tasks": TaskRows(store, run.run_id, totals.tasks) if lazy else kept,
     }
 
 
-def _seconds(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    span = datetime.fromisoformat(end) - datetime.fromisoformat(start)
-    return round(span.total_seconds(), 3)
+def _totals_rows(store: Store, run_id: str) -> Iterator[dict[str, Any]]:
+    """Of each task's row, what `_Totals` adds up (tasks and sessions only: a light pass)."""
+    for tasks in pages(store, run_id):
+        sessions = store.sessions_of([task.task_id for task in tasks])
+        for task in tasks:
+            usages = [session.usage for session in sessions.get(task.task_id, [])]
+            yield {
+                "state": task.state.value,
+                "cost_usd": _cost(usages),
+                "finished_at": _finished_at(task),
+                "_sessions": usages,
+            }
 
 
-def _totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Cost, tokens and agent runs per provider and mode, over the run's sessions."""
-    totals: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
+def _cost(usages: list[dict[str, Any]]) -> float:
+    return round(sum(float(u.get("cost_usd", 0.0)) for u in usages), 6)
+
+
+def _finished_at(task: TaskRecord) -> str | None:
+    return task.updated_at.isoformat() if task.state.terminal and task.updated_at else None
+
+
+class _Totals:
+    """What the summary says of all tasks, added up a row at a time."""
+
+    def __init__(self) -> None:
+        self.tasks = 0
+        self.counts: dict[str, int] = {}
+        self.cost_usd = 0.0
+        self.last_end: str | None = None
+        self.all_ended = True
+        self.by_mode: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.tasks += 1
+        self.counts[row["state"]] = self.counts.get(row["state"], 0) + 1
+        self.cost_usd += row["cost_usd"]
+        end = row["finished_at"]
+        if end is None:
+            self.all_ended = False
+        elif self.last_end is None or end > self.last_end:  # ISO UTC text sorts as time
+            self.last_end = end
         for usage in row["_sessions"]:
             key = (usage.get("provider") or "?", usage.get("mode") or "?")
-            entry = totals.setdefault(
+            entry = self.by_mode.setdefault(
                 key,
                 {
                     "provider": key[0],
@@ -85,7 +185,69 @@ def _totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["cost_usd"] = round(entry["cost_usd"] + float(usage.get("cost_usd", 0.0)), 6)
             for name, count in _tokens([usage]).items():
                 entry["tokens"][name] += count
-    return sorted(totals.values(), key=lambda entry: (entry["provider"], entry["mode"]))
+
+    def finished_at(self) -> str | None:
+        """When the last task ended; None while one has not (or there is none)."""
+        return self.last_end if self.tasks and self.all_ended else None
+
+    def usage(self) -> list[dict[str, Any]]:
+        """Cost, tokens and agent runs per provider and mode, over the run's sessions."""
+        return sorted(self.by_mode.values(), key=lambda entry: (entry["provider"], entry["mode"]))
+
+
+STATUS_ROWS = 100  # tasks in `ado status`'s table
+
+
+def status_summary(store: Store, run: RunRecord) -> dict[str, Any]:
+    """What `ado status` shows: the run, its counts (the store's), and the rows of at most
+    STATUS_ROWS tasks: every task of a small run, else the failed ones first and then the
+    others in list order. `total` is the run's task count."""
+    total = sum(run.counts.values())
+    chosen = store.task_page(run.run_id, limit=STATUS_ROWS)
+    if total > STATUS_ROWS:
+        failed = store.tasks_in_states(run.run_id, [TaskState.FAILED], STATUS_ROWS)
+        ids = {task.task_id for task in failed}
+        chosen = (failed + [task for task in chosen if task.task_id not in ids])[:STATUS_ROWS]
+    return {
+        "run_id": run.run_id,
+        "name": run.name,
+        "status": run.status.value,
+        "branch": run.branch,
+        "created_at": run.created_at.isoformat(),
+        "repo_list": run.repo_list,
+        "counts": {state: n for state, n in run.counts.items() if n},
+        "total": total,
+        "tasks": [_public(row) for row in rows_of(store, chosen)],
+    }
+
+
+def write_json(summary: dict[str, Any], out: IO[str]) -> None:
+    """`to_json(summary)` written to `out`, a task at a time when `tasks` is `TaskRows`."""
+    tasks = summary["tasks"]
+    if not isinstance(tasks, TaskRows):
+        out.write(to_json(summary))
+        return
+    out.write("{\n")
+    items = list(summary.items())
+    for i, (key, value) in enumerate(items):
+        out.write(f"  {json.dumps(key)}: ")
+        if value is tasks:
+            out.write("[")
+            for n, row in enumerate(tasks):
+                text = json.dumps(row, indent=2).replace("\n", "\n    ")
+                out.write(("," if n else "") + "\n    " + text)
+            out.write("\n  ]" if len(tasks) else "]")
+        else:
+            out.write(json.dumps(value, indent=2).replace("\n", "\n  "))
+        out.write(",\n" if i + 1 < len(items) else "\n")
+    out.write("}\n")
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    span = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+    return round(span.total_seconds(), 3)
 
 
 def _tokens(usages: list[dict[str, Any]]) -> dict[str, int]:
@@ -95,9 +257,12 @@ def _tokens(usages: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
-def _task(store: Store, task: TaskRecord, changes: list[Transition]) -> dict[str, Any]:
-    checkpoints = store.checkpoints(task.task_id)
-    sessions = store.sessions(task.task_id)
+def _task(
+    task: TaskRecord,
+    checkpoints: dict[Step, dict[str, Any]],
+    sessions: list[SessionRecord],
+    changes: list[Transition],
+) -> dict[str, Any]:
     last = sessions[-1] if sessions else None
     usages = [session.usage for session in sessions]
     published = checkpoints.get(Step.PUBLISHED) or {}
@@ -135,14 +300,12 @@ def _task(store: Store, task: TaskRecord, changes: list[Transition]) -> dict[str
         "provider": last.usage.get("provider") if last else None,
         "mode": last.usage.get("mode") if last else None,
         "session_id": last.session_id if last else None,
-        "cost_usd": round(sum(float(u.get("cost_usd", 0.0)) for u in usages), 6),
+        "cost_usd": _cost(usages),
         "tokens": _tokens(usages),
         "agent_s": round(sum(s.duration_s for s in sessions), 3),
         "limit_wait_s": round(sum(s.usage.get("limit_wait_s", 0.0) for s in sessions), 3),
         "started_at": phases[0].start.isoformat() if phases else None,
-        "finished_at": task.updated_at.isoformat()
-        if task.state.terminal and task.updated_at
-        else None,
+        "finished_at": _finished_at(task),
         "duration_s": busy_seconds(phases),
         "runner": phases[-1].runner if phases else None,
         "phases": [phase.to_json() for phase in phases],
@@ -257,21 +420,23 @@ def to_markdown(summary: dict[str, Any]) -> str:
 def to_junit(summary: dict[str, Any]) -> str:
     """One testsuite per run, one testcase per repository; `time` in seconds (a task's time
     on a runner, or its agent time for a run recorded before transitions were)."""
-    tasks = summary["tasks"]
-    failures = sum(1 for t in tasks if t["state"] == TaskState.FAILED.value)
-    times = [_case_time(task) for task in tasks]
-    suite_time = summary["duration_s"] if summary["duration_s"] is not None else sum(times)
-    suite = ET.Element(
+    suite = ET.Element(  # the counts and time are set after the one pass over the tasks
         "testsuite",
         name=f"ado.{summary['name']}",
-        tests=str(len(tasks)),
-        failures=str(failures),
+        tests="0",
+        failures="0",
         errors="0",
-        skipped=str(sum(1 for t in tasks if t["state"] in NOT_RUN)),
-        time=f"{suite_time:.3f}",
+        skipped="0",
+        time="",
         timestamp=summary["created_at"][:19],  # JUnit's form: local ISO time, no zone
     )
-    for task, seconds in zip(tasks, times, strict=True):
+    tests = failures = skipped = 0
+    total_s = 0.0
+    for task in summary["tasks"]:
+        seconds = _case_time(task)
+        tests, total_s = tests + 1, total_s + seconds
+        failures += task["state"] == TaskState.FAILED.value
+        skipped += task["state"] in NOT_RUN
         case = ET.SubElement(
             suite,
             "testcase",
@@ -295,6 +460,11 @@ def to_junit(summary: dict[str, Any]) -> str:
             lines.append(f"diffstat: {task['diffstat']}")
         lines += [f"log: {session['log']}" for session in task["sessions"]]
         out.text = "\n".join(lines)
+    suite_time = summary["duration_s"] if summary["duration_s"] is not None else total_s
+    suite.set("tests", str(tests))
+    suite.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
+    suite.set("time", f"{suite_time:.3f}")
     suites = ET.Element("testsuites")
     suites.append(suite)
     ET.indent(suites)

@@ -4,7 +4,9 @@
 the task durably reached `<step>`: one of `prepared`, `agent_done`, `committed`, `pushed`,
 `published`. With `--no-ray` that process is the driver; with Ray it is the runner.
 `ADO_TEST_CRASH_AFTER=pushed:3` crashes at the third task to get there (in this process),
-so a test can kill a run part-way through.
+so a test can kill a run part-way through. `ADO_TEST_CRASH_AFTER=planned` kills the
+driver once it has planned the run (created or loaded it, read its first tasks to hand
+out) and before it starts its backend: bench/scale.py measures planning that way.
 
 This is the one place outside `config.py` that reads the environment: it is a test hook,
 not a setting, and it must work in every process a run starts.
@@ -18,6 +20,7 @@ import threading
 
 CRASH_ENV = "ADO_TEST_CRASH_AFTER"
 STEPS = ("prepared", "agent_done", "committed", "pushed", "published")
+DRIVER_STEPS = ("planned",)  # reached by the driver, not by a task
 
 _reached: dict[str, int] = {}
 _lock = threading.Lock()

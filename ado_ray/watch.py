@@ -20,9 +20,9 @@ from rich.text import Text
 from ado_ray import api
 from ado_ray.api import ConfigSources
 from ado_ray.engine import panel
-from ado_ray.engine.driver import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ado_ray.engine.driver import EXIT_INTERRUPTED, exit_code
 from ado_ray.engine.panel import Board, BoardReader
-from ado_ray.models import SUCCESS_STATES, RunStatus
+from ado_ray.models import RunStatus
 
 SHOWN_IN_LINE = 8  # repositories in flight named on a plain line
 
@@ -78,7 +78,7 @@ def watch(
 def _exit_code(board: Board) -> int:
     if board.run.status is RunStatus.INTERRUPTED:
         return EXIT_INTERRUPTED
-    return EXIT_OK if all(row.state in SUCCESS_STATES for row in board.rows) else EXIT_FAILED
+    return exit_code(board.counts)
 
 
 class _View:
@@ -94,7 +94,7 @@ class _LineView(_View):
     def __init__(self, stream: IO[str], recent: int) -> None:
         self.stream, self.recent = stream, recent
         self.last: str | None = None
-        self.finished: set[str] | None = None  # tasks whose outcome line is out
+        self.finished: set[str] | None = None  # the last board's finished rows: lines out
 
     def show(self, board: Board) -> None:
         line = panel.summary_line(board)
@@ -112,12 +112,13 @@ class _LineView(_View):
         done = [row for row in board.rows if row.state.terminal]
         if self.finished is None:  # the first look: the latest outcomes, or all at the end
             running = board.run.status is RunStatus.RUNNING and board.gone is None
-            shown = list(reversed(board.recent(self.recent))) if running else done
+            in_order = sorted(done, key=lambda row: row.seq)
+            shown = list(reversed(board.recent(self.recent))) if running else in_order
             self.finished = {row.task_id for row in done}
-        else:
+        else:  # a board holds the latest to finish (panel.RECENT_READ): those not shown yet
             shown = [row for row in done if row.task_id not in self.finished]
             shown.sort(key=lambda row: row.finished or board.now)
-            self.finished.update(row.task_id for row in shown)
+            self.finished = {row.task_id for row in done}
         for row in shown:
             self._print("  " + panel.outcome_line(row))
 

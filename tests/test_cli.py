@@ -251,6 +251,36 @@ def test_a_driver_killed_at_each_step_resumes_to_one_commit_and_no_agent_rerun(
     assert _agent_runs(tmp_path) == (["k0", "k1", "k1", "k2"] if again else ["k0", "k1", "k2"])
 
 
+NOOP = """
+import os, sys
+open(os.environ["ADO_VAR_LOG"], "a").write(sys.argv[1] + "\\n")
+"""
+
+
+def test_a_task_without_change_ends_in_its_committed_write_and_a_crash_there_loses_nothing(
+    tmp_path: Path, make_repo: Callable[..., Path], script: Callable[[str, str], str]
+) -> None:
+    """A dry run's task that changed nothing: `no_change` goes to the store in the same
+    write as its `committed` checkpoint (one durable write less per task), so a driver
+    killed right after it finds the task finished; the resume runs no agent again."""
+    _fleet(tmp_path, make_repo, 1)
+    cmd = script("noop", NOOP) + " {repo_name}"
+    first = ado(
+        tmp_path,
+        *("batch", "repos.txt", "--no-ray", "--dry-run", "--name", "nc", "--cmd", cmd),
+        env={CRASH_ENV: "committed"},
+    )
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    assert db_rows(tmp_path, "select state from tasks") == [("no_change",)]
+    (data,) = db_rows(tmp_path, "select data from checkpoints where step = 'committed'")[0]
+    assert json.loads(data)["commit_sha"] is None
+    run_id = db_rows(tmp_path, "select run_id from runs")[0][0]
+    proc = ado(tmp_path, "resume", run_id, "--no-ray")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert db_rows(tmp_path, "select state from tasks") == [("no_change",)]
+    assert _agent_runs(tmp_path) == ["k0"]
+
+
 @pytest.mark.parametrize("step", STEPS)
 def test_a_runner_killed_at_each_step_is_replaced_and_the_run_finishes(
     ray_address: str,

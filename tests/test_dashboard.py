@@ -67,6 +67,10 @@ def make_batch(root: Path) -> list[str]:
     (root / "repos.txt").write_text("\n".join(lines) + "\n")
     (root / "ado.yaml").write_text("ray:\n  num_cpus: 1\n")
     (root / "agent.py").write_text(AGENT)
+    return make_args()
+
+
+def make_args() -> list[str]:
     return ["batch", "repos.txt", "--dry-run", "--parallel", "2"]
 
 
@@ -315,6 +319,38 @@ def test_chromium_gets_in_with_the_token_and_lists_the_runs_actors(
     if keep := os.environ.get("ADO_DASHBOARD_SCREENSHOT"):  # a directory to look at them in
         for name in ("prompt.png", "actors.png"):
             shutil.copy(tmp_path / name, Path(keep) / name)
+
+
+@pytest.mark.e2e
+def test_a_second_run_with_keep_ray_joins_the_kept_instance_and_leaves_it_up(
+    kept: dict[str, Any],
+) -> None:
+    """`--keep-ray` (the clearer name of `--keep-dashboard`) reuses the instance the first
+    run left up: no Ray starts, the same head answers after the run, and the run's own
+    actors are gone with it (the detached limiter stays: it serves the next run)."""
+    before = LocalCluster.load(kept["root"] / LOCAL_HEAD_DIR)
+    assert before is not None and before.running
+    cmd = f"{sys.executable} {kept['root'] / 'agent.py'} {{repo_name}}"
+    again = ado(kept["root"], kept["env"], *make_args(), "--keep-ray", "--cmd", cmd)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.splitlines()[0] == (
+        f"Ray dashboard: {kept['url']} (local Ray kept up, joined)"
+    )
+    second = run_id(again.stdout)
+    after = LocalCluster.load(kept["root"] / LOCAL_HEAD_DIR)
+    assert after is not None and after.running and after.pid == before.pid
+    deadline = time.monotonic() + 60
+    while True:  # the run's actors end with its driver; the GCS says so within seconds
+        actors = api(kept["url"], "/api/v0/actors?limit=1000", kept["token"])
+        alive = {
+            a["name"]
+            for a in actors["data"]["result"]["result"]
+            if a["state"] == "ALIVE" and second in a["name"]
+        }
+        if not alive:
+            break
+        assert time.monotonic() < deadline, alive
+        time.sleep(1)
 
 
 @pytest.mark.e2e

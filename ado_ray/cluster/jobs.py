@@ -56,7 +56,7 @@ from ado_ray.engine.driver import BatchResult
 from ado_ray.engine.progress import LineProgress
 from ado_ray.errors import AdoError, ServiceUnavailableError, UsageError, WorkspaceError
 from ado_ray.repos import format_repo_line
-from ado_ray.store import RunRecord, TaskRecord
+from ado_ray.store import RunRecord
 
 JOB_SPEC = "job.json"
 JOB_CONFIG = "config.yaml"
@@ -412,13 +412,13 @@ class JobProgress(LineProgress):
 
     announced = False
 
-    def start(self, run: RunRecord, tasks: list[TaskRecord]) -> None:
-        super().start(run, tasks)
+    def start(self, run: RunRecord) -> None:
+        super().start(run)
         if not self.announced:
             self.announced = True
             self._print(
                 f"ado: run {run.run_id} started on {socket.gethostname()} "
-                f"({run.name}, branch {run.branch}, {len(tasks)} repositories)"
+                f"({run.name}, branch {run.branch}, {self.total} repositories)"
             )
 
 

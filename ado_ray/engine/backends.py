@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Awaitable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +24,17 @@ from ado_ray.cluster.ray_auth import load_token
 from ado_ray.config import Config
 from ado_ray.engine.runner import INTERRUPTED, AgentRunner
 from ado_ray.engine.spec import RunContext, TaskSpec
-from ado_ray.limits.actor import LimiterClient, RateLimiterService, limiter_actor
+from ado_ray.errors import ServiceUnavailableError, UsageError
+from ado_ray.limits.actor import (
+    ACTOR_NAME,
+    LimiterClient,
+    RateLimiterService,
+    limiter_actor,
+)
 from ado_ray.models import TaskOutcome, TaskState, TaskUpdate
 from ado_ray.store.sink import Sink
 from ado_ray.testing import CRASH_ENV
+from ado_ray.trace import mark
 
 MAX_FAILED_STARTS = 3  # runner actors that die before they answer, before a run gives up
 
@@ -103,22 +112,28 @@ class RayBackend:
     answer, so a replacement that cannot be placed yet holds nothing up while another runs.
     """
 
-    def __init__(self, ctx: RunContext, url: str, config: Config) -> None:
+    def __init__(
+        self, ctx: RunContext, url: str, config: Config, ray: RayThread | None = None
+    ) -> None:
         self.ctx, self.url, self.config = ctx, url, config
         self.slots = runner_slots(config.parallel, config.ray.slots_per_runner)
         self.buffer = max(2, config.parallel // 10)
         self.runners: list[_Runner] = []
-        self.started_ray = False
+        # Ray, begun by the caller while it planned (it then waits for the thread), or here.
+        self.ray, self.own_ray = (ray, False) if ray is not None else (RayThread(), True)
         self.notes: tuple[str, ...] = ()  # for the user, once started: the dashboard
         self.stop_reason: str | None = None
         self.draining = False
+        self.sink: Any = None
 
     async def start(self) -> None:
+        """Start the sink, the limiter and the runners; return without waiting for the
+        runners (a task waits in `_pick` for one that answers)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        started = init_ray(self.config)
-        self.started_ray, self.notes = started.started, started.notes
+        self.ray.begin(self.config)
+        self.notes = (await self.ray.wait()).notes
         namespace, suffix = self.config.ray.namespace, self.ctx.run_id
         # Ray's stubs do not know an actor class's methods; handles are typed Any here.
         sink_class: Any = ray.remote(Sink)
@@ -132,14 +147,18 @@ class RayBackend:
                 ray.get_runtime_context().get_node_id(), soft=False
             ),
         ).remote(self.url, give_up_after_s=self.config.store_outage_limit_s, fence=self.ctx.fence)
-        self.limiter = LimiterClient(
-            limiter_actor(self.config.limiter, namespace), namespace=namespace
+        # `limiter_actor` waits for the (detached) limiter to answer and checks its
+        # settings: in a thread, while the runners start with its handle meanwhile.
+        checked = asyncio.ensure_future(
+            asyncio.to_thread(limiter_actor, self.config.limiter, namespace)
         )
+        handle = await _named_actor(ACTOR_NAME, namespace, checked)
+        self.limiter = LimiterClient(handle, namespace=namespace)
         for slots in self.slots:
             self._spawn(slots, crash_point(first=True))
-        await asyncio.gather(*(r.started for r in self.runners))
-        if not any(r.ready for r in self.runners):
-            raise RuntimeError("no runner actor started; see the Ray logs (`ray logs`)")
+        mark("actors created")
+        await checked  # a limiter running with other settings: ConfigError, runners ended
+        mark("limiter ready")
 
     def _spawn(self, slots: int, env: dict[str, str]) -> _Runner:
         """Start a runner actor; it takes tasks once it answers."""
@@ -163,6 +182,7 @@ class RayBackend:
         """Wait for a new runner to answer (and pass it a stop already in force)."""
         try:
             await handle.ready.remote()
+            mark("runner ready")
             if self.stop_reason is not None:
                 await handle.stop_new_agents.remote(self.stop_reason)
         except Exception as exc:  # it died, or could not be placed or set up
@@ -180,10 +200,12 @@ class RayBackend:
         if runner is None:  # interrupted while no runner answered
             return TaskOutcome(spec.task_id, spec.repo.key, TaskState.QUEUED, error=INTERRUPTED)
         runner.load += 1
+        mark(f"task {spec.task_id} handed to {runner.name}")
         try:
             outcome: TaskOutcome = await runner.handle.run.options(
                 name=f"ado:{spec.repo.name}"
             ).remote(spec)
+            mark(f"task {spec.task_id} back")
             return outcome
         except ray.exceptions.RayTaskError:  # raised by the runner's code: not a lost runner
             raise
@@ -260,16 +282,25 @@ class RayBackend:
         await self.sink.submit.remote([update], True)
 
     async def close(self) -> None:
+        """Close the sink (its last events written), end the run's actors, and stop Ray:
+        its shutdown runs in Ray's own thread; a `RayThread` the caller gave is joined by
+        the caller (so results can be shown meanwhile), one begun here is joined here."""
         import ray
 
+        mark("closing")
         try:
-            await self.sink.close.remote()
+            if self.sink is not None:
+                await self.sink.close.remote()
+                mark("sink closed")
         finally:
-            for actor in [*(r.handle for r in self.runners), self.sink]:
-                with contextlib.suppress(Exception):  # already gone
-                    ray.kill(actor)
-            if self.started_ray:
-                ray.shutdown()
+            if self.ray.connected:
+                actors = [*(r.handle for r in self.runners), self.sink]
+                for actor in actors if self.sink is not None else []:
+                    with contextlib.suppress(Exception):  # already gone
+                        ray.kill(actor)
+            self.ray.stop()
+            if self.own_ray:
+                await asyncio.to_thread(self.ray.join)
 
 
 Backend = LocalBackend | RayBackend
@@ -288,6 +319,19 @@ async def record_failure(backend: Backend, update: TaskUpdate, spec: TaskSpec) -
         failure_class=update.failure_class,
         error=update.error,
     )
+
+
+async def _named_actor(name: str, namespace: str, creating: asyncio.Future[Any]) -> Any:
+    """The handle of the named actor `creating` makes (or finds), as soon as Ray knows the
+    name: before it answers. `creating`'s own handle if it is done first."""
+    import ray
+
+    while not creating.done():
+        try:
+            return ray.get_actor(name, namespace=namespace)
+        except ValueError:  # not registered yet
+            await asyncio.wait([creating], timeout=0.02)
+    return creating.result()
 
 
 def crash_point(first: bool) -> dict[str, str]:
@@ -311,10 +355,132 @@ def runner_slots(parallel: int, per_runner: int) -> list[int]:
 @dataclass(frozen=True)
 class RayStart:
     """What `init_ray` did: `started` if it connected this process (`close` then shuts Ray
-    down here), and what to tell the user: the dashboard it started or kept up."""
+    down here), `attached` if to a Ray that runs on without it (a cluster, a kept local
+    instance), and what to tell the user: the dashboard it started or kept up."""
 
     started: bool
     notes: tuple[str, ...] = ()
+    attached: bool = False
+
+
+class RayThread:
+    """Ray for one driver, started and stopped in a thread of its own.
+
+    `begin(config)` starts `init_ray` at once, so the driver parses the list, opens its
+    store and plans while Ray comes up; `result()` (or `await wait()`) then waits for it.
+    The thread lives until `stop()`, then shuts Ray down if it connected this process: on
+    Linux Ray's processes die with the thread that started them (`PR_SET_PDEATHSIG`), so the
+    thread that starts Ray must also be the one that stops it. `join()` waits for that.
+    A failed start raises `ServiceUnavailableError` from `result()`/`wait()` (a
+    `UsageError` as it is), and nothing of Ray is left running.
+    """
+
+    def __init__(self) -> None:
+        self._started: Future[RayStart] = Future()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def attached(self) -> bool:
+        """Ray answered, and runs on without this process (its end only disconnects)."""
+        done = self._started.done() and self._started.exception() is None
+        return done and self._started.result().attached
+
+    @property
+    def connected(self) -> bool:
+        """Ray answered this process (and is not yet being shut down)."""
+        done = self._started.done() and self._started.exception() is None
+        return done and not self._stop.is_set()
+
+    def begin(self, config: Config) -> None:
+        """Start Ray for `config` in the background (once; nothing with `no_ray`)."""
+        if self._thread is not None or config.no_ray:
+            return
+        mark("ray.init begun")
+        self._thread = threading.Thread(
+            target=self._main, args=(config,), name="ado-ray", daemon=True
+        )
+        self._thread.start()
+
+    def _main(self, config: Config) -> None:
+        # Ray warns that it sets no SIGTERM handler outside the main thread: the driver
+        # loop sets its own there (engine/driver.py), so the warning is not the user's.
+        ray_log = logging.getLogger("ray._private.worker")
+        ray_log.addFilter(_not_main_thread_warning)
+        try:
+            started = init_ray(config)
+        except BaseException as exc:
+            self._started.set_exception(_start_error(config, exc))
+            return
+        finally:
+            ray_log.removeFilter(_not_main_thread_warning)
+        mark("ray.init done")
+        self._started.set_result(started)
+        self._stop.wait()
+        if started.started:
+            import ray
+
+            _end_autoscaler_monitor()
+            ray.shutdown()
+            mark("ray.shutdown done")
+
+    def result(self) -> RayStart | None:
+        """Wait for Ray to answer; raise why it did not (None if never begun: `no_ray`)."""
+        return None if self._thread is None else self._started.result()
+
+    async def wait(self) -> RayStart:
+        return await asyncio.wrap_future(self._started)
+
+    def stop(self) -> None:
+        """Let the thread shut Ray down (it does not wait: `join` does)."""
+        self._stop.set()
+
+    def join(self) -> None:
+        """`stop`, and wait until Ray is shut down (or its start failed)."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _not_main_thread_warning(record: logging.LogRecord) -> bool:
+    return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _end_autoscaler_monitor() -> None:
+    """End the autoscaler monitor of the local instance this process started, before
+    `ray.shutdown`. Ray 2.60 stops it last, with SIGTERM, after the GCS: it then tries to
+    report its end to the gone GCS until Ray kills it a second later, a second of every
+    run's teardown. A local instance of one driver has nothing to autoscale, so SIGKILL is
+    safe. Private Ray API: where it is not as expected this does nothing."""
+    with contextlib.suppress(Exception):
+        from ray._private import worker
+
+        node = worker._global_node
+        if node is None or not node.is_head():
+            return  # joined a cluster: not ours to touch
+        for info in node.all_processes.get("monitor", []):
+            info.process.kill()
+            info.process.wait(timeout=1)
+
+
+def _start_error(config: Config, exc: BaseException) -> BaseException:
+    """Why Ray did not start, in the house wording; a `UsageError` (or an interrupt) as is."""
+    if isinstance(exc, UsageError) or not isinstance(exc, Exception):
+        return exc
+    if config.ray.address:
+        where = f"join the Ray cluster at {config.ray.address} (ray.address)"
+        fix = f"is it up (`ray status --address {config.ray.address}`)?"
+    else:
+        kept = " kept up in .ado/ray (--keep-ray)" if config.ray.keep_dashboard else ""
+        where = f"start the local Ray instance{kept}"
+        fix = "see Ray's logs under its temp dir (RAY_TMPDIR, default /tmp/ray)"
+    lines = str(exc).strip().splitlines()
+    error = ServiceUnavailableError(
+        f"could not {where}: {type(exc).__name__}: {lines[0] if lines else ''}; nothing "
+        f"was started or written; {fix}"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def init_ray(config: Config) -> RayStart:
@@ -337,7 +503,7 @@ def init_ray(config: Config) -> RayStart:
         kept, started = keep_local_head(config.ray.num_cpus)
         _auth_mode(kept.client_env.get("RAY_AUTH_MODE", "token"))  # the mode it runs with
         ray.init(address=kept.address, **kwargs)
-        return RayStart(True, tuple(run_notes(kept.dashboard_url, kept, started)))
+        return RayStart(True, tuple(run_notes(kept.dashboard_url, kept, started)), True)
     if address:
         # Ray 2.60 turns token authentication on by itself only for a cluster it starts or
         # finds with `auto`; a client given an address must be told, or it cannot join a
@@ -345,7 +511,7 @@ def init_ray(config: Config) -> RayStart:
         if load_token(os.environ) is not None:
             _auth_mode("token")
         ray.init(address=address, **kwargs)
-        return RayStart(True)
+        return RayStart(True, attached=True)
     # Token authentication, which Ray 2.60 turns on for a cluster it starts, chosen here:
     # Ray then does not warn on every run that it turned it on.
     _auth_mode("token")

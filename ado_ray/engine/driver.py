@@ -10,6 +10,7 @@ function in this process (engine/backends.py).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import secrets
@@ -17,12 +18,13 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from pydantic import SecretStr
 
@@ -30,7 +32,7 @@ from ado_ray.agents.routing import routes
 from ado_ray.config import Config
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.agent_run import Session
-from ado_ray.engine.backends import Backend, LocalBackend, RayBackend, record_failure
+from ado_ray.engine.backends import Backend, LocalBackend, RayBackend, RayThread, record_failure
 from ado_ray.engine.lease import HeldLease, run_lock
 from ado_ray.engine.progress import Progress
 from ado_ray.engine.requeue import Requeue
@@ -47,30 +49,44 @@ from ado_ray.models import (
     TaskUpdate,
 )
 from ado_ray.store import RunRecord, Store, TaskRecord
+from ado_ray.testing import crash, crash_requested
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+PAGE = 1000  # tasks read from the store at a time
 
 
 @dataclass(frozen=True)
 class BatchResult:
+    """A run as its driver left it: the run (with its counts per state, from the store),
+    whether it was interrupted, and its summary (reports.run_summary), read from the store
+    only when asked for: a run of 100,000 tasks holds none of them here. `write_json`
+    writes the summary as JSON a page of tasks at a time (`ado batch --json`)."""
+
     run: RunRecord
-    tasks: list[TaskRecord]
     interrupted: bool
-    summary: dict[str, Any] = field(default_factory=dict)  # reports.run_summary, for --json
+    summarize: Callable[[], dict[str, Any]] | None = field(default=None, repr=False)
+    write_json: Callable[[IO[str]], None] | None = field(default=None, repr=False)
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        return self.summarize() if self.summarize is not None else {}
 
     @property
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for task in self.tasks:
-            counts[task.state.value] = counts.get(task.state.value, 0) + 1
-        return counts
+        return dict(self.run.counts)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_OK if all(t.state in SUCCESS_STATES for t in self.tasks) else EXIT_FAILED
+        return exit_code(self.run.counts)
+
+
+def exit_code(counts: Mapping[str, int]) -> int:
+    """0 if every task changed or had no change, else 1 (a run's exit code, uninterrupted)."""
+    ok = {state.value for state in SUCCESS_STATES}
+    return EXIT_OK if all(state in ok for state, n in counts.items() if n) else EXIT_FAILED
 
 
 def state_url(config: Config, cwd: Path | None = None) -> str:
@@ -103,12 +119,15 @@ def new_run(
 
 
 def task_specs(store: Store, tasks: Sequence[TaskRecord]) -> list[TaskSpec]:
-    """The unfinished tasks, with their checkpoints and any interrupted agent session."""
+    """The unfinished tasks, with their checkpoints and any interrupted agent session (one
+    read of the sessions and one of the checkpoints for all of them)."""
+    tasks = [task for task in tasks if not task.state.terminal]
+    ids = [task.task_id for task in tasks]
+    all_sessions = store.sessions_of(ids) if ids else {}
+    checkpoints = store.checkpoints_of(ids) if ids else {}
     specs = []
     for task in tasks:
-        if task.state.terminal:
-            continue
-        sessions = store.sessions(task.task_id)
+        sessions = all_sessions.get(task.task_id, [])
         last = sessions[-1] if sessions else None
         session = None
         if last is not None and last.outcome == "interrupted" and last.session_id:
@@ -118,12 +137,54 @@ def task_specs(store: Store, tasks: Sequence[TaskRecord]) -> list[TaskSpec]:
                 task.task_id,
                 task.repo,
                 task.attempt,
-                store.checkpoints(task.task_id),
+                checkpoints.get(task.task_id, {}),
                 session,
                 recorded_attempts=max((s.attempt for s in sessions), default=0),
             )
         )
     return specs
+
+
+def run_tasks(store: Store, run_id: str, page: int | None = None) -> Iterator[TaskRecord]:
+    """Every task of the run, in list order, read a page at a time."""
+    after = -1
+    while tasks := store.task_page(run_id, after, page or PAGE):
+        yield from tasks
+        after = tasks[-1].seq
+
+
+class Pending:
+    """The run's unfinished tasks still to hand out, in list order: read from the store a
+    page at a time (`page` tasks with their checkpoints and sessions, a few queries), so
+    the driver never holds more than a page of specs whatever the run's size. The tasks
+    after the page are read when it is used up: their state is still the one they had
+    when the driver started, as no one else drives the run."""
+
+    def __init__(self, store: Store, run_id: str, page: int | None = None) -> None:
+        self.store, self.run_id, self.page = store, run_id, page or PAGE
+        self.after = -1  # the seq of the last task read
+        self.specs: collections.deque[TaskSpec] = collections.deque()
+        self.done = False  # no task after `after` is unfinished
+
+    def read(self) -> bool:
+        """Whether a task is left, reading the next page if need be (a blocking read)."""
+        while not self.specs and not self.done:
+            tasks = self.store.task_page(self.run_id, self.after, self.page, unfinished=True)
+            if len(tasks) < self.page:
+                self.done = True
+            if tasks:
+                self.after = tasks[-1].seq
+                self.specs.extend(task_specs(self.store, tasks))
+        return bool(self.specs)
+
+    async def more(self) -> bool:
+        """`read`, off the event loop when a page must be read."""
+        if self.specs or self.done:
+            return bool(self.specs)
+        return await asyncio.to_thread(self.read)
+
+    def pop(self) -> TaskSpec:
+        return self.specs.popleft()
 
 
 def drive(
@@ -134,10 +195,11 @@ def drive(
     progress: Progress,
     cwd: Path | None = None,
     requeue: Sequence[TaskState] = (),
+    ray: RayThread | None = None,
 ) -> BatchResult:
     """Run every unfinished task of `run`; return the run's final state. Tasks in a state
     of `requeue` (a resume's `--retry-failed`, `ado publish`) are queued again first, under
-    the run's lease."""
+    the run's lease. `ray`: Ray already begun by the caller (api.py), else started here."""
     cwd = cwd or Path.cwd()
     ctx = RunContext(
         run_id=run.run_id,
@@ -157,24 +219,26 @@ def drive(
         max_cost_per_task_usd=config.max_cost_per_task_usd,
         publish=config.publish,
         forges=dict(config.forges),
-        tokens=forge_tokens(config, [task.repo for task in store.list_tasks(run.run_id)]),
+        tokens=forge_tokens(config, (task.repo for task in run_tasks(store, run.run_id))),
     )
     with run_lock(store, run.run_id, config.lease_ttl_s) as lease:
         ctx = dataclasses.replace(ctx, fence=lease.fence)  # on every write of the run's sink
         store.set_run_status(run.run_id, RunStatus.RUNNING, fence=lease.fence)
         if requeue:
             store.requeue_tasks(run.run_id, list(requeue), fence=lease.fence)
-        tasks = store.list_tasks(run.run_id)
-        specs = task_specs(store, tasks)
-        progress.start(run, tasks)
+        pending = Pending(store, run.run_id)
+        pending.read()  # the first page
+        progress.start(store.get_run(run.run_id))
         url = state_url(config, cwd)
         backend: Backend = (
-            LocalBackend(ctx, url, config) if config.no_ray else RayBackend(ctx, url, config)
+            LocalBackend(ctx, url, config) if config.no_ray else RayBackend(ctx, url, config, ray)
         )
-        budget = Budget(config.max_cost_usd, spent_so_far(store, tasks))
+        budget = Budget(config.max_cost_usd, spent_so_far(store, run.run_id))
+        if crash_requested("planned"):  # a test hook (ado_ray/testing.py); bench/scale.py
+            crash()
         try:
             interrupted = run_sync(
-                _loop(backend, ctx, specs, config, store, progress, budget, lease)
+                _loop(backend, ctx, pending, config, store, progress, budget, lease)
             )
         except LeaseLostError:
             with contextlib.suppress(StoreError):  # refused if another driver has the run now
@@ -185,12 +249,12 @@ def drive(
             RunStatus.INTERRUPTED if interrupted else RunStatus.FINISHED,
             fence=lease.fence,
         )
-        final = store.list_tasks(run.run_id)
+        final = store.get_run(run.run_id)
         progress.stop(final)
-        return BatchResult(store.get_run(run.run_id), final, interrupted)
+        return BatchResult(final, interrupted)
 
 
-def forge_tokens(config: Config, repos: Sequence[RepoSpec]) -> dict[str, SecretStr]:
+def forge_tokens(config: Config, repos: Iterable[RepoSpec]) -> dict[str, SecretStr]:
     """host -> token for the forges the run's repositories are on, read from each forge's
     `token_env` here in the driver (tokens never enter the store or the config dump)."""
     hosts = {repo.key.split("/", 1)[0] for repo in repos if not repo.key.startswith("/")}
@@ -204,11 +268,25 @@ def respec(store: Store, task: TaskRecord) -> TaskSpec:
 
 
 def with_bundle(store: Store, spec: TaskSpec) -> TaskSpec:
-    """A task past `committed` but not published carries its stored commit to the runner."""
+    """A task past `committed` but not published carries its stored commit to the runner;
+    one with an interrupted session, that session's stored files (`with_session_state`)."""
+    spec = with_session_state(store, spec)
     if Step.COMMITTED not in spec.checkpoints or Step.PUBLISHED in spec.checkpoints:
         return spec
     stored = store.bundle(spec.task_id)
     return dataclasses.replace(spec, bundle=stored[1]) if stored else spec
+
+
+def with_session_state(store: Store, spec: TaskSpec) -> TaskSpec:
+    """A task that will continue an interrupted agent session carries the files of that
+    session the store has, so that any node can continue it (read here, at submission, so
+    that a large run never holds them all)."""
+    if spec.session is None or Step.AGENT_DONE in spec.checkpoints:
+        return spec
+    stored = store.session_state(spec.task_id)
+    if stored is None or stored[0] != spec.session.session_id:
+        return spec
+    return dataclasses.replace(spec, session_state=stored[1])
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -224,7 +302,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 async def _loop(
     backend: Backend,
     ctx: RunContext,
-    specs: list[TaskSpec],
+    pending: Pending,
     config: Config,
     store: Store,
     progress: Progress,
@@ -254,7 +332,6 @@ async def _loop(
 
     draining: list[asyncio.Task[None]] = []
     signals = _handle_signals(loop, interrupt)
-    pending = list(reversed(specs))
     inflight: dict[asyncio.Future[TaskOutcome], TaskSpec] = {}
     limit = config.parallel + (0 if config.no_ray else max(2, config.parallel // 10))
     requeue = Requeue(backend, store, ctx.run_id, respec, ctx.max_attempts, progress, stop.is_set)
@@ -262,8 +339,8 @@ async def _loop(
         await backend.start()
         for note in backend.notes:  # the Ray dashboard's URL, and how to pass its token
             progress.note(note)
-        while inflight or (pending and not stop.is_set()):
-            while pending and len(inflight) < limit and not stop.is_set():
+        while inflight or (not stop.is_set() and await pending.more()):
+            while len(inflight) < limit and not stop.is_set() and await pending.more():
                 if lost := health.lease_lost():
                     interrupt(lost, 0)
                     break
@@ -346,18 +423,14 @@ class Budget:
         return True
 
 
-def spent_so_far(store: Store, tasks: Sequence[TaskRecord]) -> float:
+def spent_so_far(store: Store, run_id: str) -> float:
     """What the run's agent sessions cost before this driver (a resumed run)."""
-    return sum(
-        float(session.usage.get("cost_usd", 0.0))
-        for task in tasks
-        for session in store.sessions(task.task_id)
-    )
+    return store.run_cost(run_id)
 
 
-async def _skip(backend: Backend, progress: Progress, pending: list[TaskSpec], reason: str) -> None:
+async def _skip(backend: Backend, progress: Progress, pending: Pending, reason: str) -> None:
     """Tasks never submitted: skipped, with the reason (`--retry-failed` runs them again)."""
-    while pending:
+    while await pending.more():
         spec = pending.pop()
         update = TaskUpdate(spec.task_id, TaskState.SKIPPED, error=f"no agent started: {reason}")
         await backend.record(update)

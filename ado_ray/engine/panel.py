@@ -5,9 +5,12 @@ A `Board` is read from the store alone (`BoardReader`), so `ado watch` shows the
 any machine that reaches the store; `ado batch`'s own display (progress.py) renders the
 same board, with the outcomes it hears of first-hand laid over it until the store has them.
 
-Counts come from one read of the tasks, so they always add up to the total. A task's
-phase is its state in the store: `queued` (also while it waits at a runner for a slot),
-`preparing` (clone, checkout, waiting for its limits), `running` (its agent runs),
+A board holds the run's counts per state (the store's GROUP BY, so they always add up to
+the total) and rows for a bounded set of tasks only: those in flight, the latest to finish
+(`RECENT_READ`, also the sample of the ETA's durations) and, at the end, the table's
+(`TABLE_ROWS`, the failed first): its memory and each read's cost stay flat in the run's
+size. A task's phase is its state in the store: `queued` (also while it waits at a runner
+for a slot), `preparing` (clone, checkout, waiting for its limits), `running` (its agent runs),
 `collecting` (the commit), `publishing` (push, PR).
 """
 
@@ -44,6 +47,8 @@ STYLES = {
 }
 SHOWN_IN_FLIGHT = 12
 TABLE_ROWS = 100  # in the final table; beyond, the failed ones and a pointer to `ado status`
+RECENT_READ = 200  # the latest finished tasks read at each look (outcome lines, the ETA)
+IN_FLIGHT_READ = 2000  # tasks in flight read at each look, at most
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Row:
     started: datetime | None = None  # when it left the queue, for its current stay on a runner
     busy_s: float = 0.0  # time in preparing..publishing, over every attempt
     result: str | None = None  # a finished task's PR, branch or error (see `result_text`)
+    seq: int = 0  # its place in the repository list
 
     @property
     def finished(self) -> datetime | None:
@@ -68,6 +74,8 @@ class Row:
 
 @dataclass(frozen=True)
 class Board:
+    """A run's counts (`run.counts`) and the rows of some of its tasks (see above)."""
+
     run: RunRecord
     rows: list[Row]
     now: datetime
@@ -75,19 +83,17 @@ class Board:
 
     @property
     def total(self) -> int:
-        return len(self.rows)
+        return sum(self.run.counts.values())
 
     @property
     def counts(self) -> dict[str, int]:
         """Tasks per state, in TaskState order, the states that have any."""
-        found: dict[str, int] = {}
-        for row in self.rows:
-            found[row.state.value] = found.get(row.state.value, 0) + 1
-        return {state.value: found[state.value] for state in TaskState if state.value in found}
+        found = self.run.counts
+        return {state.value: found[state.value] for state in TaskState if found.get(state.value)}
 
     @property
     def done(self) -> int:
-        return sum(1 for row in self.rows if row.state.terminal)
+        return sum(n for state, n in self.run.counts.items() if TaskState(state).terminal)
 
     @property
     def in_flight(self) -> list[Row]:
@@ -118,22 +124,40 @@ class Board:
             (self.now - row.started).total_seconds() if row.started else 0.0
             for row in self.in_flight
         ]
-        waiting = sum(1 for row in self.rows if row.state is TaskState.QUEUED)
+        waiting = self.run.counts.get(TaskState.QUEUED.value, 0)
         return estimate(durations, flying, waiting, self.parallel)
 
-    def with_outcomes(self, states: Mapping[str, tuple[TaskState, str | None]]) -> Board:
-        """This board with some tasks' states replaced (what the driver heard first-hand)."""
+    def with_outcomes(
+        self,
+        states: Mapping[str, tuple[TaskState, str | None]],
+        names: Mapping[str, str] | None = None,
+    ) -> Board:
+        """This board with some tasks' states replaced (what the driver heard first-hand),
+        the counts moved with them. A task without a row was queued when the board was read
+        (the driver hears only of tasks it handed out); it gets a row, named from `names`."""
         if not states:
             return self
-        rows = [
-            replace(
-                row, state=states[row.task_id][0], since=self.now, result=states[row.task_id][1]
-            )
-            if row.task_id in states
-            else row
-            for row in self.rows
-        ]
-        return replace(self, rows=rows)
+        counts = dict(self.run.counts)
+
+        def move(old: TaskState, new: TaskState) -> None:
+            if old is not new and counts.get(old.value, 0) > 0:
+                counts[old.value] -= 1
+                counts[new.value] = counts.get(new.value, 0) + 1
+
+        rows = []
+        for row in self.rows:
+            if row.task_id in states:
+                state, text = states[row.task_id]
+                move(row.state, state)
+                row = replace(row, state=state, since=self.now, result=text)
+            rows.append(row)
+        seen = {row.task_id for row in self.rows}
+        for task_id, (state, text) in states.items():
+            if task_id not in seen:
+                move(TaskState.QUEUED, state)
+                name = (names or {}).get(task_id, task_id)
+                rows.append(Row(task_id, name, state, 0, since=self.now, result=text))
+        return replace(self, run=replace(self.run, counts=counts), rows=rows)
 
 
 def estimate(
@@ -150,21 +174,26 @@ def estimate(
 
 
 class BoardReader:
-    """Reads a run's board from the store. Results (`Row.result`) are filled in for the
-    `recent` latest outcomes and for tasks that finished since the last read (every
-    finished task's with `final`); each is read once (a changed task's checkpoints)."""
+    """Reads a run's board from the store: its counts, the tasks in flight and the
+    `RECENT_READ` latest to finish (with `final`, also the final table's: every task of a
+    small run, else the failed ones first), each with its changes of state. Results
+    (`Row.result`) are filled in for the `recent` latest outcomes, for tasks that finished
+    since the last read, and with `final` for every row; each is read once (a changed
+    task's checkpoints), and only those of the rows last read are kept."""
 
     def __init__(self, store: Store, run_id: str, recent: int = 8) -> None:
         self.store, self.run_id, self.recent = store, run_id, recent
         self.results: dict[tuple[str, TaskState], str | None] = {}
-        self.finished: set[str] | None = None  # finished at the last read
+        self.finished: set[str] | None = None  # finished among the rows of the last read
 
     def read(self, final: bool = False) -> Board:
         run = self.store.get_run(self.run_id)
-        tasks = self.store.list_tasks(run.run_id)
-        changes: dict[str, list[Transition]] = {}
-        for change in self.store.transitions(run.run_id):
-            changes.setdefault(change.task_id, []).append(change)
+        tasks = self.store.tasks_in_states(run.run_id, ACTIVE, IN_FLIGHT_READ)
+        tasks += self.store.recent_tasks(run.run_id, max(self.recent, RECENT_READ))
+        if final:
+            tasks += self.table_tasks(run)
+        tasks = list({task.task_id: task for task in tasks}.values())
+        changes = self.store.transitions_of([task.task_id for task in tasks]) if tasks else {}
         now = datetime.now(UTC)
         rows = [task_row(task, changes.get(task.task_id, []), now) for task in tasks]
         board = Board(run, rows, now, driver_gone(run) if run.status is RunStatus.RUNNING else None)
@@ -176,20 +205,33 @@ class BoardReader:
             wanted |= done - self.finished
         self.finished = done
         by_id = {task.task_id: task for task in tasks}
+        results = self.results_of([by_id[task_id] for task_id in wanted])
         rows = [
-            replace(row, result=self.result(by_id[row.task_id])) if row.task_id in wanted else row
+            replace(row, result=results[row.task_id]) if row.task_id in wanted else row
             for row in rows
         ]
         return replace(board, rows=rows)
 
-    def result(self, task: TaskRecord) -> str | None:
-        key = (task.task_id, task.state)
-        if key not in self.results:
-            published: dict[str, Any] = {}
-            if task.state is TaskState.CHANGED:
-                published = self.store.checkpoints(task.task_id).get(Step.PUBLISHED) or {}
-            self.results[key] = result_text(task, published)
-        return self.results[key]
+    def table_tasks(self, run: RunRecord) -> list[TaskRecord]:
+        """The final table's tasks: all of a run of up to TABLE_ROWS, else the failed ones
+        first and then the others, in list order, TABLE_ROWS in all."""
+        first = self.store.task_page(run.run_id, limit=TABLE_ROWS)
+        if sum(run.counts.values()) <= TABLE_ROWS:
+            return first
+        return self.store.tasks_in_states(run.run_id, [TaskState.FAILED], TABLE_ROWS) + first
+
+    def results_of(self, tasks: Sequence[TaskRecord]) -> dict[str, str | None]:
+        """Each task's `result_text` (the checkpoints of the changed ones, in one read);
+        the cache keeps only these tasks'."""
+        keys = {task.task_id: (task.task_id, task.state) for task in tasks}
+        todo = [task for task in tasks if keys[task.task_id] not in self.results]
+        changed = [task.task_id for task in todo if task.state is TaskState.CHANGED]
+        checkpoints = self.store.checkpoints_of(changed) if changed else {}
+        for task in todo:
+            published = checkpoints.get(task.task_id, {}).get(Step.PUBLISHED) or {}
+            self.results[keys[task.task_id]] = result_text(task, published)
+        self.results = {key: self.results[key] for key in keys.values()}
+        return {task_id: self.results[key] for task_id, key in keys.items()}
 
 
 def task_row(task: TaskRecord, changes: Sequence[Transition], now: datetime) -> Row:
@@ -218,6 +260,7 @@ def task_row(task: TaskRecord, changes: Sequence[Transition], now: datetime) -> 
         since,
         started,
         round(busy, 3),
+        seq=task.seq,
     )
 
 
@@ -343,12 +386,14 @@ def render(
 
 
 def final_table(board: Board) -> Table:
-    """One row per task (the failed ones first when there are too many to show)."""
-    rows = board.rows
-    hidden = 0
-    if len(rows) > TABLE_ROWS:
-        rows = sorted(rows, key=lambda row: row.state is not TaskState.FAILED)[:TABLE_ROWS]
-        hidden = len(board.rows) - len(rows)
+    """One row per task (the failed ones first when there are too many to show: the board
+    read with `final` has those; rows beyond TABLE_ROWS are left out)."""
+    if board.total <= TABLE_ROWS:
+        rows = sorted(board.rows, key=lambda row: row.seq)
+    else:
+        rows = sorted(board.rows, key=lambda row: (row.state is not TaskState.FAILED, row.seq))
+        rows = rows[:TABLE_ROWS]
+    hidden = max(0, board.total - len(rows))
     caption = f"… and {hidden} more: ado status {board.run.run_id}" if hidden else None
     table = Table(
         title=f"{board.run.name} ({board.run.run_id}) · {counts_text(board.counts)}",

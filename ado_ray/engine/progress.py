@@ -1,15 +1,18 @@
 """Progress of a run: a live panel on a terminal, plain lines anywhere else.
 
-The driver calls `start`, then `task_started` / `task_done` as tasks come and go, `update`
-with the store's counts per state about once a second, `note` for anything the user must
-know now (an interruption, an unreachable store), and `stop` with the final tasks.
+The driver calls `start` with the run (and its counts), then `task_started` / `task_done`
+as tasks come and go, `update` with the store's counts per state about once a second,
+`note` for anything the user must know now (an interruption, an unreachable store), and
+`stop` with the run as it ended.
 `attach(store)` before the run (api.py does it) lets the display read the run's board
 from the store once a second in a thread of its own (panel.py: each task's state, so
 "running" means agents running, how long each has been at it, the ETA); `close()` ends
 that thread, whatever way the run ended.
 
 Counts are the store's, with the outcomes the driver hears of first-hand laid over them
-until the store's next read has them too, so they always add up to the total.
+until the store's next read has them too, so they always add up to the total. What is kept
+does not grow with the run: counts, the tasks in flight, and the outcomes heard since the
+last read of the store (without a store, the latest `HEARD_KEPT`).
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from ado_ray.engine.panel import Board, BoardReader
 from ado_ray.engine.spec import TaskSpec
 from ado_ray.errors import StoreError
 from ado_ray.models import RunStatus, TaskOutcome, TaskState
-from ado_ray.store import RunRecord, Store, TaskRecord
+from ado_ray.store import RunRecord, Store
 
 STATE_ORDER = [state.value for state in TaskState]
 POLL_S = 1.0
+HEARD_KEPT = 200  # outcomes heard first-hand kept without a store to read
 
 
 class Progress:
@@ -48,7 +52,8 @@ class Progress:
         self.store: Store | None = None
         self.board: Board | None = None
         self.board_read_at = 0.0  # monotonic time the board's read began
-        self.heard: dict[str, tuple[TaskState, str | None, float]] = {}  # outcomes first-hand
+        # outcomes heard first-hand: task id → (state, result, when, repo name)
+        self.heard: dict[str, tuple[TaskState, str | None, float, str]] = {}
         self.store_counts: dict[str, int] | None = None  # from `update`, without a store
         self.lock = threading.Lock()
         self.closing = threading.Event()
@@ -59,15 +64,15 @@ class Progress:
         """Read the run's board from `store` while it runs (from `start` to `close`)."""
         self.store = store
 
-    def start(self, run: RunRecord, tasks: list[TaskRecord]) -> None:
+    def start(self, run: RunRecord) -> None:
+        """`run` with its counts (`Store.get_run`)."""
         self.run = run
-        self.total = len(tasks)
-        self.finished = sum(1 for t in tasks if t.state.terminal)
+        self.total = sum(run.counts.values())
+        self.finished = sum(n for state, n in run.counts.items() if TaskState(state).terminal)
         self.started_at = time.monotonic()
         now = datetime.now(UTC)
-        rows = [panel.task_row(task, [], now) for task in tasks]
         with self.lock:  # the driver has just set the run running
-            self.board = Board(replace(run, status=RunStatus.RUNNING), rows, now)
+            self.board = Board(replace(run, status=RunStatus.RUNNING), [], now)
             self.board_read_at = time.monotonic()
         if self.store is not None and self.poller is None:
             self.reader = BoardReader(self.store, run.run_id, recent=0)
@@ -84,7 +89,10 @@ class Progress:
             self.finished += 1
             self.finished_here += 1
         with self.lock:
-            self.heard[outcome.task_id] = (outcome.state, result(outcome), time.monotonic())
+            self.heard.pop(outcome.task_id, None)
+            self.heard[outcome.task_id] = (outcome.state, result(outcome), time.monotonic(), name)
+            if self.reader is None and len(self.heard) > HEARD_KEPT:
+                del self.heard[next(iter(self.heard))]  # the oldest
         self.show_outcome(name, outcome)
 
     def update(self, counts: dict[str, int]) -> None:
@@ -97,11 +105,12 @@ class Progress:
             assert board is not None, "start() first"
             newer = {
                 task_id: (state, text)
-                for task_id, (state, text, at) in self.heard.items()
+                for task_id, (state, text, at, _) in self.heard.items()
                 if at >= self.board_read_at
             }
+            names = {task_id: heard[3] for task_id, heard in self.heard.items()}
         board = replace(board, now=datetime.now(UTC))
-        return board.with_outcomes(newer)
+        return board.with_outcomes(newer, names)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -137,8 +146,9 @@ class Progress:
             self.poller.join(timeout=10)
             self.poller = None
 
-    def final_board(self, tasks: list[TaskRecord]) -> Board:
-        """The run's board at its end: from the store, else from `tasks`."""
+    def final_board(self, run: RunRecord) -> Board:
+        """The run's board at its end: from the store, else `run`'s counts and the
+        outcomes heard last."""
         self.close()
         if self.reader is not None:
             with contextlib.suppress(StoreError):  # unreachable: what we know is shown
@@ -147,15 +157,12 @@ class Progress:
                     self.board, self.board_read_at = board, time.monotonic()
                 return self.view()
         now = datetime.now(UTC)
-        rows = [panel.task_row(task, [], now) for task in tasks]
         with self.lock:
-            known = {
-                task_id: text for task_id, (state, text, _) in self.heard.items() if state.terminal
-            }
-        rows = [replace(row, result=known.get(row.task_id)) for row in rows]
-        ended = all(task.state.terminal for task in tasks)
-        status = RunStatus.FINISHED if ended else RunStatus.INTERRUPTED
-        return Board(replace(self.run, status=status), rows, now)
+            rows = [
+                panel.Row(task_id, name, state, 0, since=now, result=text)
+                for task_id, (state, text, _, name) in self.heard.items()
+            ]
+        return Board(run, rows, now)
 
     def _poll(self) -> None:
         assert self.reader is not None
@@ -168,6 +175,9 @@ class Progress:
             if board is not None and not self.closing.is_set():
                 with self.lock:
                     self.board, self.board_read_at = board, began
+                    self.heard = {  # the older ones are in this read
+                        task_id: heard for task_id, heard in self.heard.items() if heard[2] >= began
+                    }
                 self.refresh()
             self.closing.wait(POLL_S)
 
@@ -178,7 +188,7 @@ class Progress:
 
     def refresh(self) -> None: ...
 
-    def stop(self, tasks: list[TaskRecord]) -> None: ...
+    def stop(self, run: RunRecord) -> None: ...
 
 
 class LineProgress(Progress):
@@ -203,8 +213,8 @@ class LineProgress(Progress):
     def note(self, message: str) -> None:
         self._print(message)
 
-    def stop(self, tasks: list[TaskRecord]) -> None:
-        board = self.final_board(tasks)
+    def stop(self, run: RunRecord) -> None:
+        board = self.final_board(run)
         self.store_counts = board.counts
         self._print(self.summary())
         Console(file=self.stream, width=160, no_color=True).print(panel.final_table(board))
@@ -223,8 +233,8 @@ class LiveProgress(Progress):
         self.live = Live(console=self.console, refresh_per_second=4, transient=True)
         self.live_on = False
 
-    def start(self, run: RunRecord, tasks: list[TaskRecord]) -> None:
-        super().start(run, tasks)
+    def start(self, run: RunRecord) -> None:
+        super().start(run)
         self.live.update(self._render())
         self.live.start()
         self.live_on = True
@@ -245,8 +255,8 @@ class LiveProgress(Progress):
         if self.live_on:
             self.live.update(self._render(), refresh=True)  # at once: agrees with the lines above
 
-    def stop(self, tasks: list[TaskRecord]) -> None:
-        board = self.final_board(tasks)  # closes: the live panel goes, the final one stays
+    def stop(self, run: RunRecord) -> None:
+        board = self.final_board(run)  # closes: the live panel goes, the final one stays
         self.console.print(Text(panel.header(board, elapsed_s=self.elapsed_s()), style="bold"))
         self.console.print(panel.final_table(board))
 
@@ -258,8 +268,9 @@ class LiveProgress(Progress):
 
     def _render(self) -> RenderableType:
         board = self.view()
-        queued = {row.task_id for row in board.rows if row.state is TaskState.QUEUED}
-        waiting = sum(1 for task_id in list(self.inflight) if task_id in queued)
+        # handed out, but not yet in flight by the store: queued at a runner
+        busy = {row.task_id for row in board.rows if row.state is not TaskState.QUEUED}
+        waiting = sum(1 for task_id in list(self.inflight) if task_id not in busy)
         notes = [f"{waiting} queued at the runners, waiting for a slot"] if waiting else []
         return panel.render(board, elapsed_s=self.elapsed_s(), notes=notes)
 

@@ -102,7 +102,10 @@ class Requeue:
         return dataclasses.replace(again, failures=self.spent.get(task_id, 0))
 
     def find(self, task_id: str) -> TaskRecord:
-        return next(t for t in self.store.list_tasks(self.run_id) if t.task_id == task_id)
+        found = self.store.get_task(task_id)
+        if found is None or found.run_id != self.run_id:
+            raise StoreError(f"task {task_id} of run {self.run_id} is not in the store")
+        return found
 
 
 def _unreachable(spec: TaskSpec, lost: RunnerLost, exc: StoreError) -> TaskOutcome:

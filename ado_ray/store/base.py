@@ -151,6 +151,10 @@ class Store(Protocol):
     def bundle(self, task_id: str) -> tuple[str, bytes] | None:
         """The task's stored commit (sha, bundle bytes), or None."""
 
+    def session_state(self, task_id: str) -> tuple[str, bytes] | None:
+        """The files of the task's latest stored agent session (session id, tar.gz bytes;
+        schema version 5 on), or None."""
+
     # one driver per run
     def acquire_run_lock(self, run_id: str, owner: str, ttl_s: float) -> Lease:
         """Take or renew the run's lease for `owner`, until `ttl_s` from now by the store's
@@ -164,3 +168,33 @@ class Store(Protocol):
 
     def break_run_lock(self, run_id: str) -> None:
         """End the lease whoever holds it, as `release_run_lock` does."""
+
+    # bulk reads: a page of a run's tasks at a time, and what belongs to many tasks at once
+    def task_page(
+        self, run_id: str, after_seq: int = -1, limit: int = 1000, unfinished: bool = False
+    ) -> list[TaskRecord]:
+        """Up to `limit` of the run's tasks with `seq > after_seq`, in list order; with
+        `unfinished`, only tasks in no terminal state. The next page starts after the
+        last one's `seq` (the first: after -1; seqs are 0 or more)."""
+
+    def tasks_in_states(
+        self, run_id: str, states: Sequence[TaskState], limit: int = 1000
+    ) -> list[TaskRecord]:
+        """Up to `limit` of the run's tasks in one of `states`, in list order."""
+
+    def recent_tasks(self, run_id: str, limit: int) -> list[TaskRecord]:
+        """Up to `limit` of the run's finished tasks, the latest to finish first."""
+
+    def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    def checkpoints_of(self, task_ids: Sequence[str]) -> dict[str, dict[Step, dict[str, Any]]]:
+        """`checkpoints` of each task (a task with none is left out), in one read."""
+
+    def sessions_of(self, task_ids: Sequence[str]) -> dict[str, list[SessionRecord]]:
+        """`sessions` of each task (a task with none is left out), in one read."""
+
+    def transitions_of(self, task_ids: Sequence[str]) -> dict[str, list[Transition]]:
+        """Each task's changes of state, in the order they were written; in one read."""
+
+    def run_cost(self, run_id: str) -> float:
+        """What the run's agent sessions cost (their `usage.cost_usd`), in USD."""

@@ -37,6 +37,7 @@ from ado_ray.models import (
     Event,
     RunStatus,
     SessionEvent,
+    SessionStateEvent,
     Step,
     TaskState,
     TaskUpdate,
@@ -106,13 +107,16 @@ def event_statement(event: Event) -> tuple[str, Row]:
             return "upsert_usage", params
         case BundleEvent():
             return "upsert_bundle", params
+        case SessionStateEvent():
+            return "upsert_session_state", params
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover (event_params raised)
 
 
 def batch_statements(events: Iterable[Event]) -> list[tuple[str, list[Row]]]:
     """The events as (query, [parameters, ...]) to run in order, each query set-wise:
     one `apply_task_updates` per round of updates, one upsert each of the checkpoints,
-    sessions and usage (a JSON array each), one `upsert_bundle` per bundle. They leave the
+    sessions and usage (a JSON array each), one `upsert_bundle` per bundle (and
+    `upsert_session_state` per session state). They leave the
     rows that the events run one by one would (see `plan_batch`)."""
     batch = plan_batch(events)
     statements = [("apply_task_updates", [{"updates": to_json(r)} for r in batch.updates])]
@@ -123,6 +127,7 @@ def batch_statements(events: Iterable[Event]) -> list[tuple[str, list[Row]]]:
     ):
         statements.append((name, [{key: to_json(rows)}] if rows else []))
     statements.append(("upsert_bundle", batch.bundles))
+    statements.append(("upsert_session_state", batch.session_states))
     return [(name, params) for name, params in statements if params]
 
 
@@ -464,6 +469,11 @@ class PostgresStore:
             rows = self._rows(conn, "bundle", {"task_id": task_id})
         return (rows[0]["commit_sha"], bytes(rows[0]["data"])) if rows else None
 
+    def session_state(self, task_id: str) -> tuple[str, bytes] | None:
+        with self._transaction("read session state") as conn:
+            rows = self._rows(conn, "session_state", {"task_id": task_id})
+        return (rows[0]["session_id"], bytes(rows[0]["data"])) if rows else None
+
     # one driver per run
 
     def acquire_run_lock(self, run_id: str, owner: str, ttl_s: float) -> Lease:
@@ -490,3 +500,65 @@ class PostgresStore:
     def break_run_lock(self, run_id: str) -> None:
         with self._transaction(f"break lock of run {run_id}") as conn:
             conn.execute(self._sql["break_run_lock"], {"run_id": run_id})
+
+    # bulk reads
+
+    def task_page(
+        self, run_id: str, after_seq: int = -1, limit: int = 1000, unfinished: bool = False
+    ) -> list[TaskRecord]:
+        params = {
+            "run_id": run_id,
+            "after_seq": after_seq,
+            "limit": limit,
+            "unfinished": unfinished,
+        }
+        return self._tasks("read a page of tasks", "task_page", params)
+
+    def tasks_in_states(
+        self, run_id: str, states: Sequence[TaskState], limit: int = 1000
+    ) -> list[TaskRecord]:
+        params = {"run_id": run_id, "states": [s.value for s in states], "limit": limit}
+        return self._tasks("read tasks by state", "tasks_in_states", params)
+
+    def recent_tasks(self, run_id: str, limit: int) -> list[TaskRecord]:
+        return self._tasks("read recent tasks", "recent_tasks", {"run_id": run_id, "limit": limit})
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        found = self._tasks("read a task", "get_task", {"task_id": task_id})
+        return found[0] if found else None
+
+    def _tasks(self, what: str, query: str, params: Row) -> list[TaskRecord]:
+        with self._transaction(what) as conn:
+            rows = self._rows(conn, query, params)
+        return [self._read("tasks", row, task_record) for row in rows]
+
+    def _of(self, what: str, query: str, task_ids: Sequence[str]) -> list[Row]:
+        with self._transaction(what) as conn:
+            return self._rows(conn, query, {"task_ids": list(task_ids)})
+
+    def checkpoints_of(self, task_ids: Sequence[str]) -> dict[str, dict[Step, dict[str, Any]]]:
+        rows = self._of("read checkpoints", "checkpoints_of", task_ids)
+        rows.sort(key=lambda row: _STEP_ORDER.get(row["step"], len(_STEP_ORDER)))
+        found: dict[str, dict[Step, dict[str, Any]]] = {}
+        for row in rows:
+            step, data = self._read("checkpoints", row, checkpoint_item)
+            found.setdefault(row["task_id"], {})[step] = data
+        return found
+
+    def sessions_of(self, task_ids: Sequence[str]) -> dict[str, list[SessionRecord]]:
+        found: dict[str, list[SessionRecord]] = {}
+        for row in self._of("read sessions", "sessions_of", task_ids):
+            found.setdefault(row["task_id"], []).append(self._read("sessions", row, session_record))
+        return found
+
+    def transitions_of(self, task_ids: Sequence[str]) -> dict[str, list[Transition]]:
+        found: dict[str, list[Transition]] = {}
+        for row in self._of("read transitions", "transitions_of", task_ids):
+            change = self._read("task_transitions", row, transition_record)
+            found.setdefault(change.task_id, []).append(change)
+        return found
+
+    def run_cost(self, run_id: str) -> float:
+        with self._transaction("read the run's cost") as conn:
+            rows = self._rows(conn, "run_cost", {"run_id": run_id})
+        return float(rows[0]["cost"])

@@ -32,6 +32,7 @@ from ado_ray.models import (
     Event,
     RunStatus,
     SessionEvent,
+    SessionStateEvent,
     Step,
     TaskState,
     TaskUpdate,
@@ -401,6 +402,8 @@ class SQLiteStore:
                 conn.execute(self._sql["upsert_usage"], params)
             case BundleEvent():
                 conn.execute(self._sql["upsert_bundle"], params)
+            case SessionStateEvent():
+                conn.execute(self._sql["upsert_session_state"], params)
 
     def checkpoints(self, task_id: str) -> dict[Step, dict[str, Any]]:
         with self._transaction("read checkpoints", write=False) as conn:
@@ -422,6 +425,11 @@ class SQLiteStore:
         with self._transaction("read bundle", write=False) as conn:
             row = conn.execute(self._sql["bundle"], {"task_id": task_id}).fetchone()
         return None if row is None else (row["commit_sha"], bytes(row["data"]))
+
+    def session_state(self, task_id: str) -> tuple[str, bytes] | None:
+        with self._transaction("read session state", write=False) as conn:
+            row = conn.execute(self._sql["session_state"], {"task_id": task_id}).fetchone()
+        return None if row is None else (row["session_id"], bytes(row["data"]))
 
     # one driver per run
 
@@ -447,3 +455,65 @@ class SQLiteStore:
     def break_run_lock(self, run_id: str) -> None:
         with self._transaction(f"break lock of run {run_id}") as conn:
             conn.execute(self._sql["break_run_lock"], {"run_id": run_id, "now": _now()})
+
+    # bulk reads
+
+    def task_page(
+        self, run_id: str, after_seq: int = -1, limit: int = 1000, unfinished: bool = False
+    ) -> list[TaskRecord]:
+        params = {
+            "run_id": run_id,
+            "after_seq": after_seq,
+            "limit": limit,
+            "unfinished": unfinished,
+        }
+        return self._tasks("read a page of tasks", "task_page", params)
+
+    def tasks_in_states(
+        self, run_id: str, states: Sequence[TaskState], limit: int = 1000
+    ) -> list[TaskRecord]:
+        params = {"run_id": run_id, "states": to_json([s.value for s in states]), "limit": limit}
+        return self._tasks("read tasks by state", "tasks_in_states", params)
+
+    def recent_tasks(self, run_id: str, limit: int) -> list[TaskRecord]:
+        return self._tasks("read recent tasks", "recent_tasks", {"run_id": run_id, "limit": limit})
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        found = self._tasks("read a task", "get_task", {"task_id": task_id})
+        return found[0] if found else None
+
+    def _tasks(self, what: str, query: str, params: dict[str, Any]) -> list[TaskRecord]:
+        with self._transaction(what, write=False) as conn:
+            rows = conn.execute(self._sql[query], params).fetchall()
+        return [self._read("tasks", row, task_record) for row in rows]
+
+    def _of(self, what: str, query: str, task_ids: Sequence[str]) -> list[Any]:
+        with self._transaction(what, write=False) as conn:
+            return conn.execute(self._sql[query], {"task_ids": to_json(list(task_ids))}).fetchall()
+
+    def checkpoints_of(self, task_ids: Sequence[str]) -> dict[str, dict[Step, dict[str, Any]]]:
+        rows = self._of("read checkpoints", "checkpoints_of", task_ids)
+        rows.sort(key=lambda row: _STEP_ORDER.get(row["step"], len(_STEP_ORDER)))
+        found: dict[str, dict[Step, dict[str, Any]]] = {}
+        for row in rows:
+            step, data = self._read("checkpoints", row, checkpoint_item)
+            found.setdefault(row["task_id"], {})[step] = data
+        return found
+
+    def sessions_of(self, task_ids: Sequence[str]) -> dict[str, list[SessionRecord]]:
+        found: dict[str, list[SessionRecord]] = {}
+        for row in self._of("read sessions", "sessions_of", task_ids):
+            found.setdefault(row["task_id"], []).append(self._read("sessions", row, session_record))
+        return found
+
+    def transitions_of(self, task_ids: Sequence[str]) -> dict[str, list[Transition]]:
+        found: dict[str, list[Transition]] = {}
+        for row in self._of("read transitions", "transitions_of", task_ids):
+            change = self._read("task_transitions", row, transition_record)
+            found.setdefault(change.task_id, []).append(change)
+        return found
+
+    def run_cost(self, run_id: str) -> float:
+        with self._transaction("read the run's cost", write=False) as conn:
+            row = conn.execute(self._sql["run_cost"], {"run_id": run_id}).fetchone()
+        return float(row["cost"])

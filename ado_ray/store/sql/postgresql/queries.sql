@@ -189,6 +189,19 @@ ON CONFLICT (task_id) DO UPDATE SET
     created_at = excluded.created_at
 WHERE (bundles.commit_sha, bundles.data) IS DISTINCT FROM (excluded.commit_sha, excluded.data);
 
+-- name: upsert_session_state
+-- task_id, attempt, session_id, size (bytes), data (bytea). Replaces the attempt's row,
+-- created_at included; a replay of the same one (WHERE) changes nothing.
+INSERT INTO session_states (task_id, attempt, session_id, size, data, created_at)
+VALUES (%(task_id)s, %(attempt)s, %(session_id)s, %(size)s, %(data)s::bytea, now())
+ON CONFLICT (task_id, attempt) DO UPDATE SET
+    session_id = excluded.session_id,
+    size = excluded.size,
+    data = excluded.data,
+    created_at = excluded.created_at
+WHERE (session_states.session_id, session_states.data)
+    IS DISTINCT FROM (excluded.session_id, excluded.data);
+
 -- name: apply_task_updates
 -- updates (a JSON array of objects, each task at most once: task_id, state, every
 -- TaskUpdate column (null keeps the current value), clear_failure, terminal; as in
@@ -306,6 +319,11 @@ WHERE run_id = %(run_id)s ORDER BY seq;
 -- task_id
 SELECT commit_sha, data FROM bundles WHERE task_id = %(task_id)s;
 
+-- name: session_state
+-- task_id; the latest attempt's stored session files.
+SELECT attempt, session_id, data FROM session_states
+WHERE task_id = %(task_id)s ORDER BY attempt DESC LIMIT 1;
+
 -- name: acquire_run_lock
 -- run_id, owner, ttl_s (seconds). Inserts the lease (generation 1), or takes it over when
 -- it is already this owner's (renewal: same generation) or has expired by the server's
@@ -355,3 +373,56 @@ WHERE run_id = %(run_id)s AND owner = %(owner)s AND owner <> '';
 -- run_id. As release_run_lock, whoever the owner.
 UPDATE run_locks SET owner = '', generation = generation + 1, expires_at = now()
 WHERE run_id = %(run_id)s AND owner <> '';
+
+-- --- bulk reads of a run's tasks (a page at a time: memory flat in the run's size) -------
+
+-- name: task_page
+-- run_id, after_seq, limit, unfinished (only tasks in no terminal state): the run's tasks
+-- after `after_seq` in list order. Index tasks_run_seq (0006).
+SELECT * FROM tasks
+WHERE run_id = %(run_id)s AND seq > %(after_seq)s
+  AND (NOT %(unfinished)s::boolean
+       OR state NOT IN ('changed', 'no_change', 'failed', 'skipped', 'cancelled'))
+ORDER BY seq
+LIMIT %(limit)s;
+
+-- name: tasks_in_states
+-- run_id, states (text[]), limit; in list order. Index tasks_run_state.
+SELECT * FROM tasks
+WHERE run_id = %(run_id)s AND state = ANY(%(states)s::text[])
+ORDER BY seq
+LIMIT %(limit)s;
+
+-- name: recent_tasks
+-- run_id, limit; finished tasks, the latest first. Index tasks_run_updated (0006).
+SELECT * FROM tasks
+WHERE run_id = %(run_id)s
+  AND state IN ('changed', 'no_change', 'failed', 'skipped', 'cancelled')
+ORDER BY updated_at DESC, seq DESC
+LIMIT %(limit)s;
+
+-- name: get_task
+-- task_id
+SELECT * FROM tasks WHERE task_id = %(task_id)s;
+
+-- name: checkpoints_of
+-- task_ids (text[])
+SELECT task_id, step, data FROM checkpoints WHERE task_id = ANY(%(task_ids)s::text[]);
+
+-- name: sessions_of
+-- task_ids (text[]); each task's in attempt order.
+SELECT * FROM sessions
+WHERE task_id = ANY(%(task_ids)s::text[])
+ORDER BY task_id COLLATE "C", attempt;
+
+-- name: transitions_of
+-- task_ids (text[]); in the order they were written.
+SELECT task_id, state, attempt, runner, at FROM task_transitions
+WHERE task_id = ANY(%(task_ids)s::text[])
+ORDER BY seq;
+
+-- name: run_cost
+-- run_id; what the run's agent sessions cost, in USD.
+SELECT coalesce(sum(coalesce((s.usage ->> 'cost_usd')::double precision, 0.0)), 0.0) AS cost
+FROM sessions AS s JOIN tasks AS t ON t.task_id = s.task_id
+WHERE t.run_id = %(run_id)s;

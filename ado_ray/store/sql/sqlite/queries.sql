@@ -150,6 +150,19 @@ ON CONFLICT (task_id) DO UPDATE SET
     created_at = excluded.created_at
 WHERE (bundles.commit_sha, bundles.data) IS NOT (excluded.commit_sha, excluded.data);
 
+-- name: upsert_session_state
+-- :task_id, :attempt, :session_id, :size (bytes), :data (BLOB), :now. Replaces the
+-- attempt's row, created_at included; a replay of the same one (WHERE) changes nothing.
+INSERT INTO session_states (task_id, attempt, session_id, size, data, created_at)
+VALUES (:task_id, :attempt, :session_id, :size, :data, :now)
+ON CONFLICT (task_id, attempt) DO UPDATE SET
+    session_id = excluded.session_id,
+    size = excluded.size,
+    data = excluded.data,
+    created_at = excluded.created_at
+WHERE (session_states.session_id, session_states.data)
+    IS NOT (excluded.session_id, excluded.data);
+
 -- name: checkpoints
 -- :task_id
 SELECT task_id, step, data FROM checkpoints WHERE task_id = :task_id;
@@ -166,6 +179,11 @@ WHERE run_id = :run_id ORDER BY seq;
 -- name: bundle
 -- :task_id
 SELECT commit_sha, data FROM bundles WHERE task_id = :task_id;
+
+-- name: session_state
+-- :task_id; the latest attempt's stored session files.
+SELECT attempt, session_id, data FROM session_states
+WHERE task_id = :task_id ORDER BY attempt DESC LIMIT 1;
 
 -- name: acquire_run_lock
 -- :run_id, :owner, :expires_at, :now. Inserts the lease (generation 1), or takes it over when
@@ -207,3 +225,58 @@ WHERE run_id = :run_id AND owner = :owner AND owner != '';
 -- :run_id, :now. As release_run_lock, whoever the owner.
 UPDATE run_locks SET owner = '', generation = generation + 1, expires_at = :now
 WHERE run_id = :run_id AND owner != '';
+
+-- --- bulk reads of a run's tasks (a page at a time: memory flat in the run's size) -------
+
+-- name: task_page
+-- :run_id, :after_seq, :limit, :unfinished (0/1: only tasks in no terminal state), the
+-- run's tasks after `after_seq` in list order. Index tasks_run_seq (0006).
+SELECT * FROM tasks INDEXED BY tasks_run_seq
+WHERE run_id = :run_id AND seq > :after_seq
+  AND (NOT :unfinished
+       OR state NOT IN ('changed', 'no_change', 'failed', 'skipped', 'cancelled'))
+ORDER BY seq
+LIMIT :limit;
+
+-- name: tasks_in_states
+-- :run_id, :states (JSON array), :limit; in list order. Index tasks_run_state (named: by
+-- tasks_run_seq SQLite would scan every task of the run when few are in those states).
+SELECT * FROM tasks INDEXED BY tasks_run_state
+WHERE run_id = :run_id AND state IN (SELECT value FROM json_each(:states))
+ORDER BY seq
+LIMIT :limit;
+
+-- name: recent_tasks
+-- :run_id, :limit; finished tasks, the latest first. Index tasks_run_updated (0006).
+SELECT * FROM tasks INDEXED BY tasks_run_updated
+WHERE run_id = :run_id
+  AND state IN ('changed', 'no_change', 'failed', 'skipped', 'cancelled')
+ORDER BY updated_at DESC, seq DESC
+LIMIT :limit;
+
+-- name: get_task
+-- :task_id
+SELECT * FROM tasks WHERE task_id = :task_id;
+
+-- name: checkpoints_of
+-- :task_ids (JSON array)
+SELECT task_id, step, data FROM checkpoints
+WHERE task_id IN (SELECT value FROM json_each(:task_ids));
+
+-- name: sessions_of
+-- :task_ids (JSON array); each task's in attempt order.
+SELECT * FROM sessions
+WHERE task_id IN (SELECT value FROM json_each(:task_ids))
+ORDER BY task_id, attempt;
+
+-- name: transitions_of
+-- :task_ids (JSON array); in the order they were written.
+SELECT task_id, state, attempt, runner, at FROM task_transitions
+WHERE task_id IN (SELECT value FROM json_each(:task_ids))
+ORDER BY seq;
+
+-- name: run_cost
+-- :run_id; what the run's agent sessions cost, in USD.
+SELECT coalesce(sum(coalesce(json_extract(s.usage, '$.cost_usd'), 0.0)), 0.0) AS cost
+FROM sessions AS s JOIN tasks AS t ON t.task_id = s.task_id
+WHERE t.run_id = :run_id;
