@@ -161,6 +161,44 @@ async def _stop(
             _kill_leftovers(proc, mark)
 
 
+class _ExitWatch:
+    """Wakes the supervising loop as soon as the init exits (a pidfd in the event loop),
+    instead of at its next poll: an agent's end is seen in microseconds, not up to `poll_s`
+    late. Without pidfds (Linux before 5.3), a plain sleep."""
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self.fd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd_open here: poll
+            self.fd = None
+
+    async def wait(self, timeout_s: float) -> None:
+        """Sleep up to `timeout_s`, less if the process exits first (or has exited)."""
+        if self.fd is None:
+            await asyncio.sleep(timeout_s)
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def exited() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(self.fd, exited)
+        try:
+            await asyncio.wait([done], timeout=timeout_s)
+        finally:
+            loop.remove_reader(self.fd)
+
+    def __enter__(self) -> _ExitWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def _start(
     argv: Sequence[str],
     cwd: Path,
@@ -263,7 +301,8 @@ async def run_supervised(
     deadline = start + timeout_s
     last_state, last_growth = _output_state(stdout_path, stderr_path), start
     timed_out = stalled = stopped = False
-    with ctl:
+    exited = _ExitWatch(proc.pid)
+    with ctl, exited:
         try:
             if on_start is not None:
                 on_start(proc.pid)
@@ -282,7 +321,7 @@ async def run_supervised(
                 if stop_when is not None and stop_when(stdout_path, stderr_path):
                     stopped = True
                     break
-                await asyncio.sleep(max(0.0, min(poll_s, deadline - now)))
+                await exited.wait(max(0.0, min(poll_s, deadline - now)))
         except BaseException:  # CancelledError (Ctrl-C in the runner), or anything unexpected
             await _stop(proc, ctl, kill_grace_s, poll_s, mark)
             raise

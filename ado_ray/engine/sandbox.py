@@ -1,6 +1,6 @@
 """The agent's init: a small process between the runner and the agent, and its sandbox.
 
-The runner starts this file (`python -I -S sandbox.py`, standard library only) as its child,
+The runner starts this file (`python -I -S`, standard library only) as its child,
 inside `unshare --pid --fork --kill-child --mount-proc` where the kernel allows it, and the
 init starts the agent. The init
 
@@ -24,20 +24,23 @@ by that signal) or `killed` (the agent was still running when told to stop).
 
 from __future__ import annotations
 
-import contextlib
+# Every agent start pays for what the init imports (it is its own interpreter): only what
+# it needs, nothing heavy (no typing, subprocess, selectors, shutil, contextlib). The
+# runner side imports its own inside its functions.
 import ctypes
 import errno
 import functools
 import os
-import selectors
-import shutil
+import select
 import signal
 import stat
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple, NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import NoReturn
 
 _PR_SET_PDEATHSIG = 1
 _PR_CAPBSET_DROP = 24
@@ -56,16 +59,25 @@ _FINISH_S = 10.0  # killing, reaping and draining what is left, at most
 # --- runner side -------------------------------------------------------------------------
 
 
-class Probe(NamedTuple):
+class Probe:
     """What this host allows: the namespace command that works, or why there is none."""
 
-    prefix: tuple[str, ...]  # () when no sandbox is possible
-    reason: str = ""
+    __slots__ = ("prefix", "reason")
+
+    def __init__(self, prefix: tuple[str, ...], reason: str = "") -> None:
+        self.prefix = prefix  # () when no sandbox is possible
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Probe(prefix={self.prefix!r}, reason={self.reason!r})"
 
 
 @functools.cache
 def probe() -> Probe:
     """Try each way to start a PID namespace with its own /proc, once per process."""
+    import shutil
+    import subprocess
+
     unshare = shutil.which("unshare")
     if unshare is None:
         return Probe((), "no `unshare` on PATH (util-linux)")
@@ -100,7 +112,11 @@ def init_command(
 ) -> list[str]:
     """The command that runs `argv` under this init, inside `namespace` (an unshare
     prefix from `probe`, or () for none), reporting on the socket `ctl_fd`."""
-    init = [sys.executable, "-I", "-S", os.path.abspath(__file__), str(ctl_fd)]
+    # Imported, not run as a script: a script is compiled on every start, a module's
+    # bytecode is cached. Appended to the path, so no standard module can be shadowed.
+    here = os.path.dirname(os.path.abspath(__file__))
+    boot = f"import sys; sys.path.append({here!r}); from sandbox import main; main(sys.argv[1:])"
+    init = [sys.executable, "-I", "-S", "-c", boot, str(ctl_fd)]
     return [*namespace, *init, str(cap_bytes or 0), "ns" if namespace else "-", "--", *argv]
 
 
@@ -230,8 +246,8 @@ class Init:
         self.libc = _libc()
         self.logs = [CappedLog(1, cap), CappedLog(2, cap)]
         self.pipes: dict[int, CappedLog] = {}
-        self.selector = selectors.DefaultSelector()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.poller = select.poll()
+        self.watched: set[int] = set()  # the descriptors registered with the poller
         self.agent = 0
         self.status: int | None = None
         self.stop = False
@@ -246,53 +262,86 @@ class Init:
         signal.set_wakeup_fd(wake_w)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: None)
-        self.selector.register(wake_r, selectors.EVENT_READ)
-        self.selector.register(self.ctl, selectors.EVENT_READ)
+        self.watch(wake_r)
+        self.watch(self.ctl)
         self.start(argv)
         try:
             while self.status is None and not self.stop:
-                for key, _ in self.selector.select(timeout=1.0):
-                    if key.fd in self.pipes:
-                        self.pump(key.fd)
-                    elif key.fd == self.ctl:
+                for fd in self.ready(1.0):
+                    if fd in self.pipes:
+                        self.pump(fd)
+                    elif fd == self.ctl:
                         self.command()
                     elif self.signalled(wake_r):
                         self.signal_all(signal.SIGTERM)
                 self.reap()
         except Exception as exc:  # a bug of ours: the agent must not outlive it
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (no contextlib here: see the imports)
                 self.logs[1].write(f"ado-ray sandbox: {type(exc).__name__}: {exc}\n".encode())
+            except OSError:
+                pass
         self.finish()
 
-    def start(self, argv: list[str]) -> None:
-        pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
-        me = os.getpid()
+    def watch(self, fd: int) -> None:
+        self.poller.register(fd, select.POLLIN)
+        self.watched.add(fd)
 
-        def child() -> None:  # dies with this init, and refuses to start if it is gone
-            self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != me:
-                os._exit(1)
+    def unwatch(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        self.watched.discard(fd)
 
+    def ready(self, timeout_s: float) -> list[int]:
+        """The watched descriptors with something to read (or closed), within `timeout_s`."""
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=pipes[0][1],
-                stderr=pipes[1][1],
-                start_new_session=True,
-                preexec_fn=child,
-            )
-        except OSError as exc:
-            self.tell(f"error {exc.errno or errno.ENOEXEC}")
-            os._exit(127)
-        # Kept: a Popen that is garbage-collected reaps its child itself (waitpid in
-        # __del__), and the status would never reach our waitpid(-1).
-        self.proc, self.agent = proc, proc.pid
-        for (read, write), log in zip(pipes, self.logs, strict=True):
+            return [fd for fd, _ in self.poller.poll(timeout_s * 1000)]
+        except InterruptedError:  # pragma: no cover - Python retries poll() by itself
+            return []
+
+    def start(self, argv: list[str]) -> None:
+        """Start the agent: fork, then exec in the child (what `subprocess.Popen` does, less
+        its import): stdin /dev/null, stdout and stderr into our pipes, its own session,
+        no other descriptor of ours, default signal dispositions; it dies with this init
+        and refuses to start if the init is gone. An exec that fails comes back as its
+        errno through a close-on-exec pipe."""
+        pipes = [os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)]
+        failed_r, failed_w = os.pipe2(os.O_CLOEXEC)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: only async-signal-safe work until exec, then exec or die
+            try:
+                self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                if os.getppid() != me:
+                    os._exit(1)
+                os.setsid()
+                for fd, target in ((devnull, 0), (pipes[0][1], 1), (pipes[1][1], 2)):
+                    os.dup2(fd, target)  # dup2'd descriptors are inheritable
+                os.closerange(3, failed_w)
+                os.closerange(failed_w + 1, os.sysconf("SC_OPEN_MAX"))
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by Python at start
+                    signal.signal(sig, signal.SIG_DFL)
+                os.execvp(argv[0], argv)
+            except OSError as exc:
+                os.write(failed_w, str(exc.errno or errno.ENOEXEC).encode())
+            finally:
+                os._exit(127)
+        os.close(failed_w)
+        os.close(devnull)
+        for _, write in pipes:
             os.close(write)
+        said = b""
+        while chunk := os.read(failed_r, 32):  # end of file: the exec happened
+            said += chunk
+        os.close(failed_r)
+        if said:
+            os.waitpid(pid, 0)
+            self.tell(f"error {int(said)}")
+            os._exit(127)
+        self.agent = pid
+        for (read, _), log in zip(pipes, self.logs, strict=True):
             os.set_blocking(read, False)
             self.pipes[read] = log
-            self.selector.register(read, selectors.EVENT_READ)
+            self.watch(read)
         self.tell("started")
 
     def harden(self) -> None:
@@ -325,7 +374,7 @@ class Init:
         if data:
             self.pipes[fd].write(data)
             return
-        self.selector.unregister(fd)
+        self.unwatch(fd)
         os.close(fd)
         del self.pipes[fd]
 
@@ -349,18 +398,22 @@ class Init:
         if b"k" in data or not data:  # told to, or the runner is gone
             self.stop = True
         if not data:
-            self.selector.unregister(self.ctl)
+            self.unwatch(self.ctl)
 
     def tell(self, line: str) -> None:
-        with contextlib.suppress(OSError):  # the runner is gone: nobody to tell
+        try:  # noqa: SIM105
             os.write(self.ctl, f"{line}\n".encode())
+        except OSError:  # the runner is gone: nobody to tell
+            pass
 
     def signal_all(self, sig: signal.Signals) -> None:
         """Every process the agent started, wherever it moved to (this init excepted)."""
         targets = [-1] if self.namespace else list(descendants(os.getpid()))
         for pid in targets:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            try:  # noqa: SIM105
                 os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def reap(self) -> bool:
         """Collect every child that has exited; False when none is left."""
@@ -375,8 +428,8 @@ class Init:
                 self.status = os.waitstatus_to_exitcode(status)
 
     def finish(self) -> NoReturn:
-        for fd in [key.fd for key in self.selector.get_map().values() if key.fd not in self.pipes]:
-            self.selector.unregister(fd)  # from here on, only the output matters
+        for fd in [fd for fd in self.watched if fd not in self.pipes]:
+            self.unwatch(fd)  # from here on, only the output matters
         deadline = time.monotonic() + _FINISH_S
         while time.monotonic() < deadline:
             self.signal_all(signal.SIGKILL)
@@ -384,9 +437,9 @@ class Init:
                 break
             time.sleep(0.01)
         while self.pipes and time.monotonic() < deadline:  # nobody writes any more: drain
-            for key, _ in self.selector.select(timeout=0.1):
-                if key.fd in self.pipes:
-                    self.pump(key.fd)
+            for fd in self.ready(0.1):
+                if fd in self.pipes:
+                    self.pump(fd)
         for log in self.logs:
             log.close()
         self.tell("killed" if self.status is None else f"exit {self.status}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -26,6 +27,7 @@ from typing import Any, NoReturn
 from ado_ray import metrics
 from ado_ray.agents import Agent, AgentContext
 from ado_ray.agents.routing import Route
+from ado_ray.engine import session_state
 from ado_ray.engine import workspace as ws
 from ado_ray.engine.agent_run import Session, TaskMemory, account, acquire_route
 from ado_ray.engine.failures import TaskFailed, TaskStopped
@@ -44,6 +46,7 @@ from ado_ray.errors import (
     GitAuthError,
     LeaseLostError,
     OversizedFileError,
+    SessionStateError,
     StoreError,
     WorkspaceError,
 )
@@ -57,6 +60,7 @@ from ado_ray.models import (
     FailureClass,
     ProcessExit,
     SessionEvent,
+    SessionStateEvent,
     Step,
     TaskOutcome,
     TaskState,
@@ -65,6 +69,7 @@ from ado_ray.models import (
 )
 from ado_ray.testing import crash, crash_requested
 
+log = logging.getLogger(__name__)
 MAX_RATE_LIMITED = 20  # provider limits one task may hit before it fails as rate_limited
 DEFAULT_COOLDOWN_S = 60.0  # a limit signal without a reset time cools its key this long
 
@@ -214,8 +219,13 @@ class _Run:
                 lease_owner=self.owner,
                 clear_failure=True,
             )
+            # An agent of this task can have run on this node only in this directory (its
+            # checkout, logs and pidfile are there), so none is left if it is new; else look
+            # (a scan of every process here: too dear to make for every new task).
+            fresh = not self.task_dir.exists()
             self.task_dir.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(kill_stale_agent, self.task_dir)
+            if not fresh:
+                await asyncio.to_thread(kill_stale_agent, self.task_dir)
             resumable = Step.PREPARED in checkpoints and self.repo_path.is_dir()
             if self.memory.session is None and resumable and self.attempt == self.spec.attempt + 1:
                 self.memory.session = await asyncio.to_thread(self.session_from_log)
@@ -230,6 +240,7 @@ class _Run:
             await self.reached(Step.AGENT_DONE)
         base_sha = checkpoints[Step.PREPARED]["base_sha"]
 
+        ended = False  # `no_change` written with the `committed` checkpoint
         if Step.COMMITTED not in checkpoints:
             await self.update(TaskState.COLLECTING, lease_owner=self.owner)
             if not self.repo_path.is_dir():
@@ -240,11 +251,13 @@ class _Run:
                 )
             commit_sha = await asyncio.to_thread(self.commit, base_sha)
             checkpoints[Step.COMMITTED] = await self.keep_commit(base_sha, commit_sha)
+            ended = commit_sha is None
             await self.reached(Step.COMMITTED)
         commit_sha = checkpoints[Step.COMMITTED]["commit_sha"]
 
         if commit_sha is None:
-            await self.update(TaskState.NO_CHANGE, durable=True)
+            if not ended:  # a resume from a `committed` of no commit
+                await self.update(TaskState.NO_CHANGE, durable=True)
             cost = self.memory.cost_usd
             return TaskOutcome(self.task_id, self.repo.key, TaskState.NO_CHANGE, cost_usd=cost)
         pushed_to = None
@@ -266,7 +279,7 @@ class _Run:
 
     async def keep_commit(self, base_sha: str, commit_sha: str | None) -> dict[str, Any]:
         """Write `committed`, with the commit itself as a bundle (up to the size cap), so that
-        publishing never needs this workspace."""
+        publishing never needs this workspace; without a commit, the task's end with it."""
         committed: dict[str, Any] = {
             "branch": self.ctx.branch if commit_sha else None,
             "commit_sha": commit_sha,
@@ -281,6 +294,8 @@ class _Run:
             if kept:
                 events.append(BundleEvent(self.task_id, commit_sha, bundle))
         events.append(CheckpointEvent(self.task_id, Step.COMMITTED, committed))
+        if commit_sha is None:  # nothing to publish: the task ends here, in the same write
+            events.append(TaskUpdate(self.task_id, TaskState.NO_CHANGE))
         await self.emit(events, True)
         return committed
 
@@ -419,6 +434,8 @@ class _Run:
                 await self.prepare(prepared)
             await self.update(TaskState.RUNNING, attempt=self.attempt)
             agent = self.agents[chosen.key]
+            if session is not None:
+                await asyncio.to_thread(self.restore_session, agent, chosen, session)
             actx, exit = await self.supervise(agent, chosen, session)
             try:  # a whole log may be large: read it off the loop that supervises the others
                 result = await asyncio.to_thread(agent.parse, actx, exit)
@@ -630,11 +647,60 @@ class _Run:
                 "interrupted",
             )
             with contextlib.suppress(StoreError):  # unwritable (a lost lease): stop all the same
-                await asyncio.shield(self.emit([interrupted], True))
+                await asyncio.shield(self.record_interrupted(agent, actx, interrupted))
             raise
         finally:
             (task_dir / PIDFILE).unlink(missing_ok=True)
         return actx, exit
+
+    async def record_interrupted(
+        self, agent: Agent, actx: AgentContext, interrupted: SessionEvent
+    ) -> None:
+        """Write an interrupted attempt's session row with its session's files, so that a
+        resume on any node can continue the session (see engine/session_state.py)."""
+        events: list[Event] = [interrupted]
+        if interrupted.session_id:
+            sid = interrupted.session_id
+            state = await asyncio.to_thread(self.pack_session, agent, actx, sid)
+            if state is not None:
+                events.append(SessionStateEvent(self.task_id, self.attempt, sid, state))
+        await self.emit(events, True)
+
+    def pack_session(self, agent: Agent, actx: AgentContext, session_id: str) -> bytes | None:
+        """The session's files as `session_state.pack` makes them; None (and a warning)
+        when they are over `agent.session_state_max_mb` or cannot be read."""
+        cap_mb = self.ctx.agent.session_state_max_mb
+        if not cap_mb:
+            return None
+        try:
+            paths = agent.session_files(actx, session_id)
+            return session_state.pack(self.task_dir, paths, int(cap_mb * 2**20))
+        except (session_state.OverCapError, OSError) as exc:
+            log.warning(
+                "task %s: the files of %s session %s are not kept, so only this node can "
+                "continue it: %s (agent.session_state_max_mb is %g)",
+                self.task_id,
+                agent.name,
+                session_id,
+                exc,
+                cap_mb,
+            )
+            return None
+
+    def restore_session(self, agent: Agent, chosen: Route, session: Session) -> None:
+        """Put the stored files of the interrupted `session` where its agent looks for
+        them, unless this node has them already (it ran that attempt)."""
+        spec = self.spec
+        if spec.session_state is None or spec.session is None:
+            return
+        if spec.session.session_id != session.session_id:
+            return
+        if agent.session_files(self.agent_context(chosen, session), session.session_id):
+            return
+        try:
+            session_state.restore(self.task_dir, spec.session_state)
+        except SessionStateError as exc:
+            log.warning("task %s: %s; the agent starts its session afresh", self.task_id, exc)
 
     def commit(self, base_sha: str) -> str | None:
         ctx = self.ctx

@@ -247,23 +247,17 @@ def ensure_mirror(cache_root: Path, url: str, *, env: Mapping[str, str] | None =
             fetch = ["fetch", "--prune", "--quiet", "origin", "+refs/*:refs/*"]
             git(fetch, mirror, env=env, timeout=NETWORK_TIMEOUT_S)
             return mirror
-        tmp_prefix = f".tmp-{mirror.stem}-"
-        for stale in cache_root.glob(tmp_prefix + "*"):  # left by a crash; we hold the lock
-            remove_tree(stale)
-        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=cache_root))
+        # One name per mirror, not a random one: we hold its lock, and anything there is a
+        # crash's leftover (no listing of a cache of thousands of mirrors to find it).
+        tmp = cache_root / f".tmp-{mirror.stem}-staging"
+        remove_tree(tmp)
+        tmp.mkdir()
         try:
             staged = tmp / "mirror.git"
             # gc.auto=0: checkouts borrow the mirror's objects, so it must never prune them.
-            clone = [
-                "clone",
-                "--mirror",
-                "--quiet",
-                "--config",
-                "gc.auto=0",
-                "--",
-                url,
-                str(staged),
-            ]
+            # --template=: no sample hooks or other template files (none is ever used).
+            clone = ["clone", "--mirror", "--quiet", "--template=", "--config", "gc.auto=0"]
+            clone += ["--", url, str(staged)]
             git(clone, tmp, env=env, timeout=NETWORK_TIMEOUT_S)
             staged.rename(mirror)
         finally:
@@ -294,7 +288,9 @@ def create_checkout(mirror: Path, dest: Path, sha: str) -> None:
     _not_an_option(sha, "commit")
     remove_tree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    clone = ["clone", "--shared", "--no-checkout", "--quiet", "--", str(mirror), str(dest)]
+    # --template=: no sample hooks and such to write now and delete after (hooks never run).
+    clone = ["clone", "--shared", "--no-checkout", "--quiet", "--template="]
+    clone += ["--", str(mirror), str(dest)]
     git(clone, dest.parent)
     git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha], dest)
 
@@ -330,6 +326,8 @@ def commit_changes(
     committed).
     """
     _not_an_option(base_sha, "commit")
+    if _untouched(repo, base_sha):  # the common case of a run that changes nothing
+        return None
     # Detach HEAD at the base without touching any branch the agent made, then rebuild the
     # index from the base and the working tree.
     git(["update-ref", "--no-deref", "HEAD", base_sha], repo)
@@ -348,6 +346,20 @@ def commit_changes(
     git([*config, *commit], repo, env=identity)
     git(["checkout", "--quiet", "-B", branch], repo)
     return git(["rev-parse", "HEAD"], repo)
+
+
+def _untouched(repo: Path, base_sha: str) -> bool:
+    """Whether the checkout is `base_sha` as checked out, in one git command: HEAD at it and
+    nothing staged, changed or untracked outside .gitignore (what `git add --all` would
+    take). False means "maybe changed": `commit_changes` then looks the long way."""
+    args = ["status", "--porcelain=v2", "--branch", "--untracked-files=normal"]
+    done = _run([*args, "--ignore-submodules=none"], repo)
+    lines = done.stdout.splitlines()
+    return (
+        done.returncode == 0
+        and f"# branch.oid {base_sha}" in lines
+        and all(line.startswith("# ") for line in lines)
+    )
 
 
 def _check_sizes(repo: Path, max_bytes: int) -> None:

@@ -4,6 +4,7 @@ that leave their session or process group, real SIGKILLs of the runner and of th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -218,3 +219,34 @@ def test_nothing_survives_a_sigkilled_no_ray_driver(
         driver.kill()
         driver.wait()
     assert gone(token)
+
+
+@pytest.mark.e2e
+def test_a_task_run_again_kills_what_an_earlier_agent_left_in_its_directory(
+    tmp_path: Path, token: str, make_repo: Callable[..., Path]
+) -> None:
+    """A brand-new task directory cannot hold an earlier agent, so a new task does not scan
+    for one; a task whose directory exists (a resume, a retry) still does, before its agent."""
+    (tmp_path / "repos.txt").write_text(f"{make_repo('again')}\n")
+    where = ["--no-ray", "--state", str(tmp_path / "s.db"), "--work-root", str(tmp_path / "work")]
+    first = [PY, "-m", "ado_ray", "batch", str(tmp_path / "repos.txt"), "--dry-run", *where]
+    first += ["--cmd", "false", "--max-attempts", "1", "--json"]
+    done = subprocess.run(first, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 1, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    task_dir = tmp_path / "work" / "runs" / run_id / f"{run_id}-00001"
+    assert task_dir.is_dir()
+    # What an attempt killed with its runner and its init would leave: a detached process
+    # with the task's mark.
+    stale = subprocess.Popen(
+        [PY, "-c", "import time; time.sleep(300)", token],
+        env={**os.environ, "ADO_AGENT_MARK": agent_mark(task_dir)},
+        start_new_session=True,
+    )
+    try:
+        again = [PY, "-m", "ado_ray", "resume", run_id, "--retry-failed", *where]
+        subprocess.run(again, cwd=tmp_path, capture_output=True, check=False)
+        assert stale.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        stale.kill()
+        stale.wait()

@@ -198,6 +198,24 @@ def test_mirror_clone_failure_leaves_nothing(tmp_path: Path, cache: Path) -> Non
     assert [p.name for p in cache.iterdir()] == [ws.mirror_path(cache, url).stem + ".lock"]
 
 
+def test_mirror_clone_replaces_what_a_crashed_clone_left(origin: Path, cache: Path) -> None:
+    url = str(origin)
+    staging = cache / f".tmp-{ws.mirror_path(cache, url).stem}-staging"
+    (staging / "mirror.git").mkdir(parents=True)  # a clone killed half-way
+    (staging / "mirror.git" / "HEAD").write_text("garbage")
+    mirror = ws.ensure_mirror(cache, url)
+    assert ws.resolve_ref(mirror, "main") == sh(origin, "rev-parse", "main")
+    assert not staging.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([mirror.name, mirror.stem + ".lock"])
+
+
+def test_mirror_and_checkout_get_no_template_files(checkout: tuple[Path, str], cache: Path) -> None:
+    repo, _ = checkout
+    (mirror,) = cache.glob("*.git")
+    for git_dir in (mirror, repo / ".git"):  # no sample hooks, description, info/exclude
+        assert not (git_dir / "hooks").exists() and not (git_dir / "description").exists()
+
+
 def test_mirror_shared_by_concurrent_callers(origin: Path, cache: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
         mirrors = list(pool.map(lambda _: ws.ensure_mirror(cache, str(origin)), range(4)))
@@ -269,6 +287,30 @@ def test_commit_changes_without_change_returns_none(checkout: tuple[Path, str]) 
     assert sh(repo, "rev-parse", "HEAD") == base
 
 
+def test_commit_changes_without_change_on_a_branch_of_the_agent(checkout: tuple[Path, str]) -> None:
+    repo, base = checkout
+    sh(repo, "checkout", "-q", "-b", "agent-work")  # at the base, nothing else
+    assert ws.commit_changes(repo, base, "ado/x", "msg", "Ado Bot", "bot@x.io") is None
+    assert branch_sha(repo, "ado/x") is None
+
+
+def test_commit_changes_sees_a_mode_change_alone(checkout: tuple[Path, str]) -> None:
+    repo, base = checkout
+    (repo / "README.md").chmod(0o755)
+    sha = ws.commit_changes(repo, base, "ado/x", "msg", "Ado Bot", "bot@x.io")
+    assert sha is not None
+    assert sh(repo, "ls-tree", sha, "README.md").startswith("100755 ")
+
+
+def test_commit_changes_sees_an_untracked_directory(checkout: tuple[Path, str]) -> None:
+    repo, base = checkout
+    (repo / "pkg" / "sub").mkdir(parents=True)
+    (repo / "pkg" / "sub" / "mod.py").write_text("x = 1\n")
+    sha = ws.commit_changes(repo, base, "ado/x", "msg", "Ado Bot", "bot@x.io")
+    assert sha is not None
+    assert "pkg/sub/mod.py" in sh(repo, "ls-tree", "-r", "--name-only", sha).split()
+
+
 def test_commit_changes_squashes_agent_commits(checkout: tuple[Path, str]) -> None:
     repo, base = checkout
     sh(repo, "checkout", "-q", "-b", "agent-work")
@@ -307,6 +349,7 @@ def test_commit_changes_keeps_ignored_files_out(checkout: tuple[Path, str]) -> N
 def test_commit_changes_runs_no_hooks(checkout: tuple[Path, str]) -> None:
     repo, base = checkout
     hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)  # checkouts get no template (so no hooks directory)
     for hook in ("pre-commit", "commit-msg", "prepare-commit-msg", "post-commit"):
         (hooks / hook).write_text("#!/bin/sh\necho hook ran >&2\nexit 1\n")
         (hooks / hook).chmod(0o755)
