@@ -45,10 +45,14 @@ test-fast: install
 bench: install servers forge-schemas
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/sink.py
 	$(BIN)/python bench/limiter.py
 	$(BIN)/python bench/forge.py
+	$(BIN)/python bench/allrepos.py
+	$(BIN)/python bench/scale.py
 
 demo: install
 	$(BIN)/python examples/demo.py

@@ -123,6 +123,34 @@ def make_repos(root: Path, count: int, prefix: str = "repo") -> list[Path]:
     return repos
 
 
+def make_bare_repos(root: Path, count: int, prefix: str = "repo") -> tuple[list[Path], str]:
+    """`count` bare repositories with one commit on `main`, fast enough for thousands: one
+    is built and packed, the others are a handful of small files each and a hard link to
+    its pack (so never push into them). Returns them and the commit's SHA."""
+    template = root / ".template"
+    for rel, text in TEMPLATE_FILES.items():
+        (template / rel).parent.mkdir(parents=True, exist_ok=True)
+        (template / rel).write_text(text)
+    git(template, "init", "-q", "-b", "main")
+    git(template, "add", "-A")
+    git(template, "commit", "-q", "-m", "initial")
+    sha = git(template, "rev-parse", "HEAD")
+    git(template, "repack", "-a", "-d", "-q")
+    packs = sorted((template / ".git" / "objects" / "pack").iterdir())
+    config = "[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
+    repos = [root / f"{prefix}-{i:04d}.git" for i in range(count)]
+    for repo in repos:
+        for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags"):
+            (repo / sub).mkdir(parents=True)
+        (repo / "HEAD").write_text("ref: refs/heads/main\n")
+        (repo / "config").write_text(config)
+        (repo / "packed-refs").write_text(f"{sha} refs/heads/main\n")
+        for pack in packs:
+            os.link(pack, repo / "objects" / "pack" / pack.name)
+    shutil.rmtree(template)
+    return repos, sha
+
+
 def write_repo_list(path: Path, repos: Iterable[Path]) -> Path:
     path.write_text("".join(f"{repo}\n" for repo in repos))
     return path
@@ -289,6 +317,8 @@ def classify(name: str, cmdline: Sequence[str], agent_marker: str) -> str:
         return "ray worker"
     if "/ray/" in text or first.startswith("ray_"):
         return "ray other"  # dashboard and runtime-env agents, log monitor, ...
+    if "ado_ray/engine" in text and "sandbox" in text:
+        return "agent init"  # ado's init per agent (engine/sandbox.py) and its `unshare`
     if agent_marker in text:
         return "agent"
     if name.startswith("git") or text.startswith("/bin/sh -c git-"):
@@ -573,6 +603,7 @@ CATEGORY_ORDER = (
     "raylet",
     "ray worker",
     "ray other",
+    "agent init",
     "agent",
     "agent child",
     "git",

@@ -8,7 +8,9 @@ the memory of Ray's processes (GCS server, raylet, the dashboard and runtime-env
 monitors, workers) and of the `ado` driver; the agents (`sh`, `sleep`) and git are counted
 apart. It prints the peaks, how many Ray worker processes there were (`--parallel 100` is
 a few runner actors, not a hundred Python workers) and `target < 2048 MB: PASS/FAIL` for
-Ray's processes plus the driver. It exits 1 if a task did not end `changed`.
+Ray's processes plus the driver; beside it, the same sum with ado's init per agent
+(`engine/sandbox.py` under `unshare`, one pair of processes per running agent) counted in.
+It exits 1 if a task did not end `changed`.
 
     .venv/bin/python bench/memory.py [--repos 100] [--parallel 100] [--sleep 5] [--json]
 """
@@ -41,6 +43,9 @@ from _common import (  # bench/ is on sys.path: Python puts a script's directory
 
 TARGET_MB = 2048
 RAY_AND_DRIVER = (*RAY_CATEGORIES, "driver")
+# ado's init between a runner and each agent (engine/sandbox.py, under `unshare`): a
+# process of ado's, not the agent's, though one per agent; shown beside the target.
+WITH_INITS = (*RAY_AND_DRIVER, "agent init")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,6 +86,8 @@ def figures(args: argparse.Namespace, samples: Samples, wall_s: float) -> dict[s
         "ray": peak(RAY_CATEGORIES),
         "driver": peak(("driver",)),
         "ray_and_driver": ray_and_driver,
+        "agent_inits": peak(("agent init",)),
+        "ray_driver_and_inits": peak(WITH_INITS),
         "agents_at_once": samples.peak(("agent",))[0].count,
         "ray_workers": dict(busiest.worker_titles) if busiest else {},
         "target_mb": TARGET_MB,
@@ -106,6 +113,8 @@ def report(result: dict[str, Any], samples: Samples) -> None:
             ("Ray's processes", "ray"),
             ("ado driver", "driver"),
             ("Ray + driver", "ray_and_driver"),
+            ("agent inits", "agent_inits"),
+            ("Ray + driver + inits", "ray_driver_and_inits"),
         )
     ]
     print("\npeak sums (MB):")
@@ -120,6 +129,11 @@ def report(result: dict[str, Any], samples: Samples) -> None:
     print(
         f"target < {TARGET_MB} MB (RSS of Ray + driver): "
         f"{result['ray_and_driver']['rss_mb']} MB: {verdict}"
+    )
+    inits = result["ray_driver_and_inits"]
+    print(
+        f"with ado's {result['agent_inits']['processes']} agent-init processes (sandbox.py, "
+        f"unshare) counted too: {inits['rss_mb']} MB RSS, {inits['pss_mb']} MB PSS"
     )
     print(
         f"\n({result['samples']} samples, every {result['mean_sample_interval_s']:.2f} s; "
