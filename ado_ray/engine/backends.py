@@ -217,12 +217,14 @@ class RayBackend:
 
     async def _pick(self) -> _Runner | None:
         """The answering runner with the most free slots; waits while none answers (None
-        once the run is interrupted)."""
+        once the run is interrupted). A task beyond the free slots waits for the runners
+        still starting, rather than queueing on one that answered first."""
         while not self.draining:
             ready = [r for r in self.runners if r.ready]
-            if ready:
-                return min(ready, key=lambda r: r.load - r.slots)
             starting = [r.started for r in self.runners if r.alive and not r.started.done()]
+            best = min(ready, key=lambda r: r.load - r.slots, default=None)
+            if best is not None and (best.load < best.slots or not starting):
+                return best
             if not starting:  # every runner is lost: start one
                 failed = sum(1 for r in self.runners if r.started.done() and not r.started.result())
                 if failed >= MAX_FAILED_STARTS:
