@@ -271,7 +271,7 @@ def with_bundle(store: Store, spec: TaskSpec) -> TaskSpec:
     """A task past `committed` but not published carries its stored commit to the runner;
     one with an interrupted session, that session's stored files (`with_session_state`)."""
     spec = with_session_state(store, spec)
-    if Step.COMMITTED not in spec.checkpoints or Step.PUBLISHED in spec.checkpoints:
+    if not _wants_bundle(spec):
         return spec
     stored = store.bundle(spec.task_id)
     return dataclasses.replace(spec, bundle=stored[1]) if stored else spec
@@ -281,12 +281,25 @@ def with_session_state(store: Store, spec: TaskSpec) -> TaskSpec:
     """A task that will continue an interrupted agent session carries the files of that
     session the store has, so that any node can continue it (read here, at submission, so
     that a large run never holds them all)."""
-    if spec.session is None or Step.AGENT_DONE in spec.checkpoints:
+    if spec.session is None or not _wants_session_state(spec):
         return spec
     stored = store.session_state(spec.task_id)
     if stored is None or stored[0] != spec.session.session_id:
         return spec
     return dataclasses.replace(spec, session_state=stored[1])
+
+
+def _wants_bundle(spec: TaskSpec) -> bool:
+    return Step.COMMITTED in spec.checkpoints and Step.PUBLISHED not in spec.checkpoints
+
+
+def _wants_session_state(spec: TaskSpec) -> bool:
+    return spec.session is not None and Step.AGENT_DONE not in spec.checkpoints
+
+
+def wants_stored(spec: TaskSpec) -> bool:
+    """Whether `with_bundle` has anything to read for `spec` (most tasks: nothing)."""
+    return _wants_bundle(spec) or _wants_session_state(spec)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -344,7 +357,9 @@ async def _loop(
                 if lost := health.lease_lost():
                     interrupt(lost, 0)
                     break
-                spec = await asyncio.to_thread(with_bundle, store, pending.pop())
+                spec = pending.pop()
+                if wants_stored(spec):  # a read of the store: off the loop, and only then
+                    spec = await asyncio.to_thread(with_bundle, store, spec)
                 inflight[asyncio.ensure_future(requeue.run(spec))] = spec
                 progress.task_started(spec)
             done, _ = await asyncio.wait(inflight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
