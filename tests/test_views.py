@@ -21,7 +21,7 @@ from rich.console import Console
 from ado_ray import api, watch
 from ado_ray.cli import main
 from ado_ray.engine import panel
-from ado_ray.engine.progress import LineProgress, LiveProgress
+from ado_ray.engine.progress import POLL_S, LineProgress, LiveProgress
 from ado_ray.engine.sandbox import CappedLog
 from ado_ray.logs import MARKER, LogTail
 from ado_ray.models import TaskState
@@ -444,7 +444,10 @@ def test_live_panel_counts_add_up_and_the_run_ends_with_a_table(
     repos = [make_repo(f"q{i}") for i in range(4)]
     out = io.StringIO()
     progress = RecordingLive(out)
-    run_id, _, result = make_run(tmp_path, repos, script("quick", QUICK) + " 0.8", progress)
+    # Agents longer than the panel's store poll (progress.POLL_S), so each one's running
+    # phase spans a poll: a shorter one can finish between two and never be seen running.
+    cmd = script("quick", QUICK) + f" {POLL_S + 0.5}"
+    run_id, _, result = make_run(tmp_path, repos, cmd, progress)
     assert result.counts == {"changed": 4}
     counts = [check_panel(text, 4) for text in progress.panels]
     assert any(c.get("running") for c in counts) and counts[-1].get("changed", 0) >= 3
