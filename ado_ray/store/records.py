@@ -53,6 +53,7 @@ CORRUPT_HINT = (
 )
 
 T = TypeVar("T")
+_STEP_ORDER = {step.value: i for i, step in enumerate(Step)}  # pipeline order
 E = TypeVar("E", bound=Enum)
 
 
@@ -320,3 +321,31 @@ def plan_batch(events: Iterable[Event]) -> Batch:
     batch.sessions = list(sessions.values())
     batch.usage = list(usage.values())
     return batch
+
+
+Read = Callable[[str, Any, Callable[[Mapping[str, Any]], T]], T]  # a store's `_read`
+
+
+def checkpoints_by_task(rows: list[Any], read: Read[Any]) -> dict[str, dict[Step, dict[str, Any]]]:
+    """`checkpoints_of`'s rows as task id -> step -> data, steps in pipeline order."""
+    rows = sorted(rows, key=lambda row: _STEP_ORDER.get(row["step"], len(_STEP_ORDER)))
+    found: dict[str, dict[Step, dict[str, Any]]] = {}
+    for row in rows:
+        step, data = read("checkpoints", row, checkpoint_item)
+        found.setdefault(row["task_id"], {})[step] = data
+    return found
+
+
+def sessions_by_task(rows: Iterable[Any], read: Read[Any]) -> dict[str, list[SessionRecord]]:
+    found: dict[str, list[SessionRecord]] = {}
+    for row in rows:
+        found.setdefault(row["task_id"], []).append(read("sessions", row, session_record))
+    return found
+
+
+def transitions_by_task(rows: Iterable[Any], read: Read[Any]) -> dict[str, list[Transition]]:
+    found: dict[str, list[Transition]] = {}
+    for row in rows:
+        change: Transition = read("task_transitions", row, transition_record)
+        found.setdefault(change.task_id, []).append(change)
+    return found

@@ -42,7 +42,7 @@ from ado_ray.store.base import Fence, Lease, RunRecord, SessionRecord, TaskRecor
 from ado_ray.store.records import (
     CORRUPT_HINT,
     BadRow,
-    checkpoint_item,
+    checkpoints_by_task,
     counts_by_run,
     decoded,
     event_params,
@@ -50,11 +50,12 @@ from ado_ray.store.records import (
     read_row,
     refused,
     run_record,
-    session_record,
+    sessions_by_task,
     task_record,
     task_row,
     to_json,
     transition_record,
+    transitions_by_task,
 )
 from ado_ray.store.sqlfiles import load_migrations, load_queries
 
@@ -63,7 +64,6 @@ EMPTY_FILE_WAIT_S = 2.0  # how long a 0-byte file may take to become a database
 # SQLite's primary result codes for "this is not (or no longer) a database"
 NOT_A_DATABASE = {11: "SQLITE_CORRUPT", 26: "SQLITE_NOTADB"}
 
-_STEP_ORDER = {step.value: i for i, step in enumerate(Step)}
 T = TypeVar("T")
 
 
@@ -406,15 +406,10 @@ class SQLiteStore:
                 conn.execute(self._sql["upsert_session_state"], params)
 
     def checkpoints(self, task_id: str) -> dict[Step, dict[str, Any]]:
-        with self._transaction("read checkpoints", write=False) as conn:
-            rows = conn.execute(self._sql["checkpoints"], {"task_id": task_id}).fetchall()
-        rows.sort(key=lambda row: _STEP_ORDER.get(row["step"], len(_STEP_ORDER)))
-        return dict(self._read("checkpoints", row, checkpoint_item) for row in rows)
+        return self.checkpoints_of([task_id]).get(task_id, {})
 
     def sessions(self, task_id: str) -> list[SessionRecord]:
-        with self._transaction("read sessions", write=False) as conn:
-            rows = conn.execute(self._sql["sessions"], {"task_id": task_id}).fetchall()
-        return [self._read("sessions", row, session_record) for row in rows]
+        return self.sessions_of([task_id]).get(task_id, [])
 
     def transitions(self, run_id: str) -> list[Transition]:
         with self._transaction("read transitions", write=False) as conn:
@@ -493,25 +488,14 @@ class SQLiteStore:
 
     def checkpoints_of(self, task_ids: Sequence[str]) -> dict[str, dict[Step, dict[str, Any]]]:
         rows = self._of("read checkpoints", "checkpoints_of", task_ids)
-        rows.sort(key=lambda row: _STEP_ORDER.get(row["step"], len(_STEP_ORDER)))
-        found: dict[str, dict[Step, dict[str, Any]]] = {}
-        for row in rows:
-            step, data = self._read("checkpoints", row, checkpoint_item)
-            found.setdefault(row["task_id"], {})[step] = data
-        return found
+        return checkpoints_by_task(rows, self._read)
 
     def sessions_of(self, task_ids: Sequence[str]) -> dict[str, list[SessionRecord]]:
-        found: dict[str, list[SessionRecord]] = {}
-        for row in self._of("read sessions", "sessions_of", task_ids):
-            found.setdefault(row["task_id"], []).append(self._read("sessions", row, session_record))
-        return found
+        return sessions_by_task(self._of("read sessions", "sessions_of", task_ids), self._read)
 
     def transitions_of(self, task_ids: Sequence[str]) -> dict[str, list[Transition]]:
-        found: dict[str, list[Transition]] = {}
-        for row in self._of("read transitions", "transitions_of", task_ids):
-            change = self._read("task_transitions", row, transition_record)
-            found.setdefault(change.task_id, []).append(change)
-        return found
+        rows = self._of("read transitions", "transitions_of", task_ids)
+        return transitions_by_task(rows, self._read)
 
     def run_cost(self, run_id: str) -> float:
         with self._transaction("read the run's cost", write=False) as conn:

@@ -302,14 +302,6 @@ ON CONFLICT (task_id, attempt, key) DO UPDATE SET
     output_tokens = excluded.output_tokens,
     cost_usd = excluded.cost_usd;
 
--- name: checkpoints
--- task_id
-SELECT task_id, step, data FROM checkpoints WHERE task_id = %(task_id)s;
-
--- name: sessions
--- task_id
-SELECT * FROM sessions WHERE task_id = %(task_id)s ORDER BY attempt;
-
 -- name: transitions
 -- run_id; every change of state of the run's tasks, in the order they were written.
 SELECT task_id, state, attempt, runner, at FROM task_transitions

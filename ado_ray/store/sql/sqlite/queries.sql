@@ -163,14 +163,6 @@ ON CONFLICT (task_id, attempt) DO UPDATE SET
 WHERE (session_states.session_id, session_states.data)
     IS NOT (excluded.session_id, excluded.data);
 
--- name: checkpoints
--- :task_id
-SELECT task_id, step, data FROM checkpoints WHERE task_id = :task_id;
-
--- name: sessions
--- :task_id
-SELECT * FROM sessions WHERE task_id = :task_id ORDER BY attempt;
-
 -- name: transitions
 -- :run_id; every change of state of the run's tasks, in the order they were written.
 SELECT task_id, state, attempt, runner, at FROM task_transitions
