@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,8 +107,8 @@ def git(cwd: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def make_repos(root: Path, count: int, prefix: str = "repo") -> list[Path]:
-    """`count` non-bare repositories with one commit on `main`: one built, the rest copied."""
+def template_repo(root: Path) -> Path:
+    """`root/.template`: a repository of `TEMPLATE_FILES` with one commit on `main`."""
     template = root / ".template"
     for rel, text in TEMPLATE_FILES.items():
         (template / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +116,12 @@ def make_repos(root: Path, count: int, prefix: str = "repo") -> list[Path]:
     git(template, "init", "-q", "-b", "main")
     git(template, "add", "-A")
     git(template, "commit", "-q", "-m", "initial")
+    return template
+
+
+def make_repos(root: Path, count: int, prefix: str = "repo") -> list[Path]:
+    """`count` non-bare repositories with one commit on `main`: one built, the rest copied."""
+    template = template_repo(root)
     repos = [root / f"{prefix}-{i:04d}" for i in range(count)]
     for repo in repos:
         shutil.copytree(template, repo, symlinks=True)
@@ -127,13 +133,7 @@ def make_bare_repos(root: Path, count: int, prefix: str = "repo") -> tuple[list[
     """`count` bare repositories with one commit on `main`, fast enough for thousands: one
     is built and packed, the others are a handful of small files each and a hard link to
     its pack (so never push into them). Returns them and the commit's SHA."""
-    template = root / ".template"
-    for rel, text in TEMPLATE_FILES.items():
-        (template / rel).parent.mkdir(parents=True, exist_ok=True)
-        (template / rel).write_text(text)
-    git(template, "init", "-q", "-b", "main")
-    git(template, "add", "-A")
-    git(template, "commit", "-q", "-m", "initial")
+    template = template_repo(root)
     sha = git(template, "rev-parse", "HEAD")
     git(template, "repack", "-a", "-d", "-q")
     packs = sorted((template / ".git" / "objects" / "pack").iterdir())
@@ -609,3 +609,18 @@ CATEGORY_ORDER = (
     "git",
     "other",
 )
+
+
+def finish(
+    as_json: bool, figures: dict[str, Any], report: Callable[[], None], problems: Sequence[str]
+) -> int:
+    """Print the figures (one JSON object, or `report`'s tables), then whether the timed
+    work went wrong: the exit code, 1 if it did (a missed target is not an error)."""
+    if as_json:
+        print(json.dumps(figures, indent=2))
+    else:
+        report()
+    if problems:
+        log("\nTHE WORK FAILED, so these figures do not count:\n" + "\n".join(problems[:20]))
+        return 1
+    return 0

@@ -57,6 +57,7 @@ from _common import (  # bench/ is on sys.path: Python puts a script's directory
     bench_workdir,
     category_rows,
     check_workdir,
+    finish,
     git,
     log,
     mb,
@@ -528,14 +529,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
                 left = measured.leftovers
                 log(f"warning: {r.side} {step} left processes running (killed): {left}")
     figures["problems"] = problems
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        report(args, figures, runs)
-    if problems:
-        log("\nTHE WORK FAILED, so these figures do not count:\n" + "\n".join(problems[:20]))
-        return 1
-    return 0
+    return finish(args.json, figures, lambda: report(args, figures, runs), problems)
 
 
 if __name__ == "__main__":

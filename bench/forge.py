@@ -59,6 +59,7 @@ from _common import (  # bench/ is on sys.path: Python puts a script's directory
     branch_problems,
     category_rows,
     check_workdir,
+    finish,
     log,
     run_measured,
     table,
@@ -663,14 +664,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
     if phases:
         figures["ado_phases"] = {k: round(v, 3) for k, v in phases.items()}
         figures["startup_share"] = round(phases["startup_s"] / ado.measured.wall_s, 3)
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        report(args, figures, ado.measured)
-    if problems:
-        log("\nTHE WORK FAILED, so these figures do not count:\n" + "\n".join(problems[:20]))
-        return 1
-    return 0
+    return finish(args.json, figures, lambda: report(args, figures, ado.measured), problems)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ It exits 1 if a task did not end `changed`.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from _common import (  # bench/ is on sys.path: Python puts a script's directory
     bench_workdir,
     category_rows,
     check_workdir,
+    finish,
     log,
     make_repos,
     run_ado_batch,
@@ -166,14 +166,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         log(f"warning: ado left processes running (killed): {run.measured.leftovers}")
     result = figures(args, run.measured.samples, run.measured.wall_s)
     result["problems"] = run.problems
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        report(result, run.measured.samples)
-    if run.problems:
-        log("\nTHE WORK FAILED, so these figures do not count:\n" + "\n".join(run.problems[:20]))
-        return 1
-    return 0
+    return finish(args.json, result, lambda: report(result, run.measured.samples), run.problems)
 
 
 if __name__ == "__main__":

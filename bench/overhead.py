@@ -26,7 +26,6 @@ exits 1. A missed target is reported, not an error.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sqlite3
 import statistics
@@ -47,6 +46,7 @@ from _common import (  # bench/ is on sys.path: Python puts a script's directory
     branch_problems,
     category_rows,
     check_workdir,
+    finish,
     log,
     make_repos,
     run_ado_batch,
@@ -311,14 +311,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         else:
             figures["ado_phases"] = {k: round(v, 3) for k, v in phases.items()}
             figures["ratio_task_span"] = round(phases["task_span_s"] / baseline.wall_s, 3)
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        report(args, figures, ado.measured)
-    if problems:
-        log("\nTHE WORK FAILED, so these figures do not count:\n" + "\n".join(problems[:20]))
-        return 1
-    return 0
+    return finish(args.json, figures, lambda: report(args, figures, ado.measured), problems)
 
 
 if __name__ == "__main__":

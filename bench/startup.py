@@ -40,6 +40,7 @@ from _common import (  # bench/ is on sys.path: Python puts a script's directory
     bench_env,
     bench_workdir,
     check_workdir,
+    finish,
     log,
     make_repos,
     run_measured,
@@ -249,14 +250,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> int:
         "cpus": os.cpu_count(),
         "problems": problems,
     }
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        report(figures)
-    if problems:
-        log("\nTHE WORK FAILED, so these figures do not count:\n" + "\n".join(problems[:20]))
-        return 1
-    return 0
+    return finish(args.json, figures, lambda: report(figures), problems)
 
 
 def report(figures: dict[str, Any]) -> None:
