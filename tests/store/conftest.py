@@ -36,7 +36,10 @@ from ado_ray.models import (
     UsageEvent,
 )
 from ado_ray.store import RunRecord, Store, TaskRecord, backend_name, open_store
+from ado_ray.store import postgres as postgres_module
+from ado_ray.store import sqlite as sqlite_module
 from ado_ray.store.postgres import PostgresStore
+from ado_ray.store.sqlfiles import load_migrations
 from ado_ray.store.sqlite import SQLiteStore
 from tests.servers import PostgresServer
 
@@ -295,3 +298,15 @@ def raw(store: Store, store_url: str) -> Iterator[Raw]:
 
 def dump(raw: Raw) -> dict[str, list[dict[str, Any]]]:
     return {table: raw.rows(table) for table in TABLES}
+
+
+Migrations = dict[str, tuple[tuple[int, str, str], ...]]
+
+
+def only_migrations(monkeypatch: pytest.MonkeyPatch, count: int) -> Migrations:
+    """Both backends see only their first `count` migrations (an older ado-ray) until
+    `monkeypatch.undo()`; returns them by dialect."""
+    older = {dialect: load_migrations(dialect)[:count] for dialect in ("sqlite", "postgresql")}
+    for module in (sqlite_module, postgres_module):
+        monkeypatch.setattr(module, "load_migrations", older.__getitem__)
+    return older

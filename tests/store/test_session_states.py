@@ -9,11 +9,9 @@ import pytest
 from ado_ray.errors import LeaseLostError, StoreError
 from ado_ray.models import Event, SessionEvent, SessionStateEvent
 from ado_ray.store import Store, open_store
-from ado_ray.store import postgres as postgres_module
-from ado_ray.store import sqlite as sqlite_module
 from ado_ray.store.postgres import batch_statements
 from ado_ray.store.sqlfiles import load_migrations
-from tests.store.conftest import RUN, Raw, create_run, open_raw
+from tests.store.conftest import RUN, Raw, create_run, only_migrations, open_raw
 
 
 def interrupted(task_id: str, attempt: int, session_id: str) -> SessionEvent:
@@ -70,10 +68,8 @@ def test_migrate_adds_session_states_to_a_version_4_store(
 ) -> None:
     """A store (a database file for SQLite) made by an ado-ray that knew versions 1-4 gets
     version 5, keeping its data."""
-    v4_only = {dialect: load_migrations(dialect)[:4] for dialect in ("sqlite", "postgresql")}
+    v4_only = only_migrations(monkeypatch, 4)
     assert [v for v, _, _ in v4_only["sqlite"]] == [1, 2, 3, 4]
-    for module in (sqlite_module, postgres_module):
-        monkeypatch.setattr(module, "load_migrations", v4_only.__getitem__)
     old = open_store(store_url)
     try:
         old.migrate()

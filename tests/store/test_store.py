@@ -29,8 +29,6 @@ from ado_ray.models import (
     UsageEvent,
 )
 from ado_ray.store import BACKENDS, Fence, SessionRecord, Store, describe_store, open_store
-from ado_ray.store import postgres as postgres_module
-from ado_ray.store import sqlite as sqlite_module
 from ado_ray.store.sqlfiles import load_migrations
 from ado_ray.store.sqlite import SQLiteStore, split_script
 from tests.store.conftest import (
@@ -42,6 +40,7 @@ from tests.store.conftest import (
     create_run,
     dump,
     mixed_life,
+    only_migrations,
     open_raw,
 )
 
@@ -553,10 +552,8 @@ def test_migrate_upgrades_a_version_1_store(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store made by an ado-ray that knew only 0001 gets 0002 (bundles), keeping its data."""
-    v1_only = {dialect: load_migrations(dialect)[:1] for dialect in ("sqlite", "postgresql")}
+    v1_only = only_migrations(monkeypatch, 1)
     assert [name for _, name, _ in v1_only["sqlite"]] == ["0001_init.sql"]
-    for module in (sqlite_module, postgres_module):
-        monkeypatch.setattr(module, "load_migrations", v1_only.__getitem__)
     old = open_store(store_url)
     try:
         old.migrate()
@@ -593,9 +590,7 @@ def test_migrate_gives_a_version_2_lease_a_generation(
 ) -> None:
     """A lease taken by an ado-ray before fencing (0003) stays its holder's, as generation
     0; the next holder gets generation 1."""
-    v2_only = {dialect: load_migrations(dialect)[:2] for dialect in ("sqlite", "postgresql")}
-    for module in (sqlite_module, postgres_module):
-        monkeypatch.setattr(module, "load_migrations", v2_only.__getitem__)
+    only_migrations(monkeypatch, 2)
     old = open_store(store_url)
     try:
         old.migrate()
